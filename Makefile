@@ -1,0 +1,50 @@
+# The README's two commands: `make demo` and `make test`. `make` builds build/structmat.
+BUILD ?= build
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+DEB_BUILD = build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev
+DEB_TEST = python3-numpy
+MODEL = models/shakespeare-llama-3m
+
+.PHONY: all deps test-deps configure demo test test-fast asan bench install clean
+
+all: $(BUILD)/structmat
+
+deps:
+	@tools/deps.sh $(DEB_BUILD)
+
+test-deps: deps
+	@tools/deps.sh $(DEB_TEST)
+
+$(BUILD)/Makefile: CMakeLists.txt | deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+
+$(BUILD)/structmat: deps $(BUILD)/Makefile FORCE
+	@cmake --build $(BUILD) -j $(JOBS)
+
+demo: $(BUILD)/structmat
+	$(BUILD)/structmat inspect $(MODEL)
+	$(BUILD)/structmat fit $(MODEL) --all --spec lowrank:ratio=0.5
+	$(BUILD)/structmat fit $(MODEL) --all --spec monarch:blocks=4,ratio=0.5
+
+test: test-deps $(BUILD)/structmat
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-fast: $(BUILD)/structmat
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L fast
+
+# The fast tests under AddressSanitizer + UndefinedBehaviorSanitizer, in their own build dir.
+asan: deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSM_SANITIZE=ON >/dev/null
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS) -L fast
+
+bench: $(BUILD)/structmat
+	$(BUILD)/structmat bench
+
+install: $(BUILD)/structmat
+	cmake --install $(BUILD)
+
+clean:
+	rm -rf $(BUILD) build-asan
+
+FORCE:

@@ -1,0 +1,99 @@
+// Tiny test helpers: quiet on success, first mismatch printed with its index on failure.
+#ifndef SM_TESTUTIL_H
+#define SM_TESTUTIL_H
+
+#include "structmat.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int g_failures;
+
+#define CHECK(cond)                                                                              \
+    do {                                                                                         \
+        if (!(cond)) {                                                                           \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);             \
+            g_failures++;                                                                        \
+        }                                                                                        \
+    } while (0)
+
+#define CHECK_OK(expr)                                                                           \
+    do {                                                                                         \
+        sm_status s_ = (expr);                                                                   \
+        if (s_ != SM_OK) {                                                                       \
+            fprintf(stderr, "%s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #expr,                  \
+                    sm_status_str(s_), sm_last_error());                                         \
+            g_failures++;                                                                        \
+        }                                                                                        \
+    } while (0)
+
+// Expects a failure with status st whose message contains `needle`.
+#define CHECK_FAIL(expr, st, needle)                                                             \
+    do {                                                                                         \
+        sm_status s_ = (expr);                                                                   \
+        if (s_ != (st) || !strstr(sm_last_error(), (needle))) {                                  \
+            fprintf(stderr, "%s:%d: %s -> %s \"%s\", expected %s with \"%s\"\n", __FILE__,       \
+                    __LINE__, #expr, sm_status_str(s_), sm_last_error(), sm_status_str(st),      \
+                    (needle));                                                                   \
+            g_failures++;                                                                        \
+        }                                                                                        \
+    } while (0)
+
+// Max |a - b| / max(|b|_max, tiny) over n elements; prints the first element beyond tol.
+static inline int check_close(const char *what, const float *a, const float *b, int64_t n,
+                              double tol) {
+    double scale = 0;
+    for (int64_t i = 0; i < n; i++) scale = fmax(scale, fabs((double)b[i]));
+    if (scale == 0) scale = 1;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]) / scale;
+        if (!(d <= tol)) {
+            fprintf(stderr, "%s: mismatch at %lld: %.9g vs %.9g (scaled diff %.3g > %.3g)\n",
+                    what, (long long)i, (double)a[i], (double)b[i], d, tol);
+            g_failures++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+// Deterministic pseudo-random floats in [-1, 1) (a tiny LCG so tests need no library RNG).
+static inline void fill_random(float *x, int64_t n, unsigned seed) {
+    unsigned long long s = seed * 6364136223846793005ull + 1442695040888963407ull;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((double)(s >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+    }
+}
+
+// Relative Frobenius distance ||a - b|| / ||b|| in double.
+static inline double rel_fro(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+// W (m, n) = A (m, k) B (k, n) in double, stored as float.
+static inline void matmul_ref(const float *A, const float *B, float *C, int64_t m, int64_t k,
+                              int64_t n) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double acc = 0;
+            for (int64_t l = 0; l < k; l++) acc += (double)A[i * k + l] * (double)B[l * n + j];
+            C[i * n + j] = (float)acc;
+        }
+}
+
+#define TEST_END()                                                                               \
+    do {                                                                                         \
+        if (g_failures) fprintf(stderr, "%d check(s) failed\n", g_failures);                     \
+        return g_failures ? 1 : 0;                                                               \
+    } while (0)
+
+#endif
