@@ -1,9 +1,206 @@
-// blockdiag: placeholder until the structure lands (fit refuses).
+// blockdiag:blocks=K[,dtype=..]
+// W (m, n) ~ diag(D_0, ..., D_{K-1}) with contiguous blocks: block i maps input columns
+// [i n/K, (i+1) n/K) to output rows [i m/K, (i+1) m/K). Copying the diagonal blocks is the exact
+// Frobenius-optimal projection (the off-diagonal entries cannot be represented at all).
+// Part: "D" (K, m/K, n/K) (q8/q4: "D.codes", "D.scales" 2-D over the (m, n/K) rows).
+//
+// This file also holds the 3-D part helpers shared by monarch.c, blocklowrank.c and kron.c.
 #include "op_impl.h"
 
-static sm_status todo_fit(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o) {
-    (void)op, (void)W, (void)o;
-    return sm_fail(SM_ERR_UNSUPPORTED, "%s is not built yet", t->name);
+#include <stdlib.h>
+#include <string.h>
+
+// --- 3-D parts over one factor ---------------------------------------------------------------
+
+sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
+                            const char *name, const sm_part *parts, int nparts);
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1,
+                       sm_part *out);
+
+static bool is_quantized(sm_store s) {
+    return s == SM_STORE_Q8 || s == SM_STORE_Q4;
 }
 
-const sm_op_vtbl sm_vtbl_blockdiag = {.name = "blockdiag", .keys = "", .help = "", .fit = todo_fit};
+// The factor's parts, with the plain (f32/f16/bf16) part reshaped to (d0, d1, cols), d0 d1 =
+// rows. Quantized factors keep their 2-D ".codes" and ".scales" parts.
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1,
+                       sm_part *out) {
+    SM_ASSERT(d0 * d1 == f->rows);
+    int n = sm_factor_parts(f, name, out);
+    if (out && !is_quantized(f->store)) {
+        out->ndim = 3;
+        out->shape[0] = d0;
+        out->shape[1] = d1;
+        out->shape[2] = f->cols;
+    }
+    return n;
+}
+
+// Loads a factor of (d0 d1, cols) rows from parts written by sm_factor_parts_3d.
+sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
+                            const char *name, const sm_part *parts, int nparts) {
+    int64_t rows = d0 * d1;
+    if (is_quantized(store)) return sm_factor_load(f, rows, cols, store, name, parts, nparts);
+    const sm_part *p = sm_parts_find(parts, nparts, name);
+    if (!p) return SM_ERR_FORMAT;
+    if (p->ndim != 3 || p->shape[0] != d0 || p->shape[1] != d1 || p->shape[2] != cols)
+        return sm_fail(SM_ERR_FORMAT,
+                       "part \"%s\" has %d dimensions [%lld, %lld, %lld], expected [%lld, %lld, "
+                       "%lld]",
+                       name, p->ndim, (long long)p->shape[0], (long long)p->shape[1],
+                       (long long)p->shape[2], (long long)d0, (long long)d1, (long long)cols);
+    sm_part flat = *p;
+    flat.ndim = 2;
+    flat.shape[0] = rows;
+    flat.shape[1] = cols;
+    flat.shape[2] = 0;
+    return sm_factor_load(f, rows, cols, store, name, &flat, 1);
+}
+
+// --- blockdiag --------------------------------------------------------------------------------
+
+typedef struct blockdiag {
+    int64_t K, mb, nb; // blocks; block shape (m/K, n/K)
+    sm_factor D;       // (m, n/K): block i = rows [i mb, (i+1) mb)
+} blockdiag;
+
+#define BD(op) ((blockdiag *)(op)->impl)
+
+static void blockdiag_free(void *impl) {
+    blockdiag *b = impl;
+    sm_factor_free(&b->D);
+    free(b);
+}
+
+static sm_status blockdiag_blocks(const sm_term *t, int64_t m, int64_t n, int64_t *K) {
+    if (!sm_term_find(t, "blocks"))
+        return sm_fail(SM_ERR_SPEC, "blockdiag: needs blocks=K (K dividing both dimensions)");
+    sm_status st = sm_term_int(t, "blocks", 0, 1, INT64_MAX, K);
+    if (st != SM_OK) return st;
+    if (m % *K || n % *K)
+        return sm_fail(SM_ERR_SPEC, "blockdiag: blocks=%lld does not divide the %lldx%lld matrix "
+                       "(K must divide both out=%lld and in=%lld)", (long long)*K, (long long)m,
+                       (long long)n, (long long)m, (long long)n);
+    return SM_OK;
+}
+
+static blockdiag *blockdiag_new(int64_t K, int64_t m, int64_t n) {
+    blockdiag *b = calloc(1, sizeof *b);
+    if (b) {
+        b->K = K;
+        b->mb = m / K;
+        b->nb = n / K;
+    }
+    return b;
+}
+
+static sm_status blockdiag_fit(sm_op *op, const sm_term *t, const float *W,
+                               const sm_fit_opts *o) {
+    (void)o;
+    int64_t K, m = op->m, n = op->n;
+    sm_store store;
+    sm_status st = blockdiag_blocks(t, m, n, &K);
+    if (st == SM_OK) st = sm_store_from_term(t, &store);
+    if (st != SM_OK) return st;
+    blockdiag *b = blockdiag_new(K, m, n);
+    float *D = sm_alloc((size_t)(m * (n / K)) * sizeof(float)); // (m, nb)
+    if (!b || !D) {
+        free(b), sm_free(D);
+        return sm_fail(SM_ERR_ALLOC, "blockdiag: out of memory");
+    }
+    for (int64_t i = 0; i < K; i++)
+        for (int64_t r = 0; r < b->mb; r++)
+            memcpy(D + (i * b->mb + r) * b->nb, W + (i * b->mb + r) * n + i * b->nb,
+                   (size_t)b->nb * sizeof(float));
+    st = sm_factor_init(&b->D, m, b->nb, store, D, b->nb);
+    sm_free(D);
+    if (st != SM_OK) {
+        free(b);
+        return st;
+    }
+    op->impl = b;
+    sm_canon c;
+    sm_canon_init(&c, "blockdiag");
+    sm_canon_add(&c, "blocks", "%lld", (long long)K);
+    if (store != SM_STORE_F32) sm_canon_add(&c, "dtype", "%s", sm_store_name(store));
+    return sm_op_set_spec(op, &c);
+}
+
+static sm_status blockdiag_load(sm_op *op, const sm_term *t, const sm_part *parts, int nparts) {
+    int64_t K;
+    sm_store store;
+    sm_status st = blockdiag_blocks(t, op->m, op->n, &K);
+    if (st == SM_OK) st = sm_store_from_term(t, &store);
+    if (st != SM_OK) return st;
+    blockdiag *b = blockdiag_new(K, op->m, op->n);
+    if (!b) return sm_fail(SM_ERR_ALLOC, "out of memory");
+    st = sm_factor_load_3d(&b->D, K, b->mb, b->nb, store, "D", parts, nparts);
+    if (st != SM_OK) {
+        free(b);
+        return st;
+    }
+    op->impl = b;
+    return SM_OK;
+}
+
+static size_t blockdiag_workspace(const sm_op *op, int64_t N) {
+    return sm_factor_workspace(&BD(op)->D, N);
+}
+
+static void blockdiag_apply(const sm_op *op, int64_t N, const float *X, float *Y, float *work) {
+    const blockdiag *b = BD(op);
+    for (int64_t i = 0; i < b->K; i++) {
+        sm_factor Di = sm_factor_rows(&b->D, i * b->mb, (i + 1) * b->mb); // (mb, nb)
+        sm_factor_mm(&Di, N, X + i * b->nb, op->n, Y + i * b->mb, op->m, 0.0f, work);
+    }
+}
+
+static void blockdiag_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, float *work) {
+    const blockdiag *b = BD(op);
+    for (int64_t i = 0; i < b->K; i++) {
+        sm_factor Di = sm_factor_rows(&b->D, i * b->mb, (i + 1) * b->mb);
+        sm_factor_mm_t(&Di, N, Y + i * b->mb, op->m, X + i * b->nb, op->n, 0.0f, work);
+    }
+}
+
+static void blockdiag_to_dense(const sm_op *op, float *W) {
+    const blockdiag *b = BD(op);
+    memset(W, 0, (size_t)(op->m * op->n) * sizeof(float));
+    for (int64_t i = 0; i < b->K; i++) {
+        sm_factor Di = sm_factor_rows(&b->D, i * b->mb, (i + 1) * b->mb);
+        sm_factor_decode(&Di, W + i * b->mb * op->n + i * b->nb, op->n);
+    }
+}
+
+static int64_t blockdiag_nparams(const sm_op *op) {
+    return op->m * BD(op)->nb;
+}
+
+static int64_t blockdiag_nbytes(const sm_op *op) {
+    return sm_factor_nbytes(&BD(op)->D);
+}
+
+static int blockdiag_parts(const sm_op *op, sm_part *out, int cap) {
+    const blockdiag *b = BD(op);
+    int n = sm_factor_parts_3d(&b->D, "D", b->K, b->mb, NULL);
+    if (out && cap >= n) sm_factor_parts_3d(&b->D, "D", b->K, b->mb, out);
+    return n;
+}
+
+const sm_op_vtbl sm_vtbl_blockdiag = {
+    .name = "blockdiag",
+    .keys = "blocks,dtype",
+    .help = "  blocks=K     K contiguous diagonal blocks of (m/K, n/K) (required; K | m, K | n)\n"
+            "  dtype=f32    factor storage: f32, f16, bf16, q8, q4",
+    .fit = blockdiag_fit,
+    .load = blockdiag_load,
+    .apply = blockdiag_apply,
+    .apply_t = blockdiag_apply_t,
+    .workspace = blockdiag_workspace,
+    .to_dense = blockdiag_to_dense,
+    .nparams = blockdiag_nparams,
+    .nbytes = blockdiag_nbytes,
+    .macs = blockdiag_nparams,
+    .parts = blockdiag_parts,
+    .free_impl = blockdiag_free,
+};

@@ -1,9 +1,257 @@
-// blocklowrank: placeholder until the structure lands (fit refuses).
+// blocklowrank:blocks=K,rank=T|ratio=X[,dtype=..]
+// W (m, n) as a K x K grid of contiguous (m/K, n/K) blocks, each of rank T:
+//   W_ij = U_ij V_ij,  U_ij (m/K, T), V_ij (T, n/K).
+// The blocks are disjoint, so a truncated SVD of each block is the Frobenius-optimal fit
+// (Eckart-Young per block). nparams = K T (m + n).
+// Storage (chosen so apply is 2K matrix products, not 2K^2):
+//   "U" (K, m/K, K T): U[i][r][j T + t] = U_ij[r][t]   (block row i holds [U_i0 ... U_i,K-1])
+//   "V" (K, K T, n/K): V[j][i T + t][c] = V_ij[t][c]   (block column j holds the V_ij stacked)
+// (q8/q4: "U.codes"/"U.scales" over (m, K T) rows and "V.codes"/"V.scales" over (K K T, n/K).)
+//
+// This file also holds sm_resolve_block_rank, shared with monarch.c.
 #include "op_impl.h"
 
-static sm_status todo_fit(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o) {
-    (void)op, (void)W, (void)o;
-    return sm_fail(SM_ERR_UNSUPPORTED, "%s is not built yet", t->name);
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
+                            const char *name, const sm_part *parts, int nparts);
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1,
+                       sm_part *out);
+sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K,
+                                int64_t *rank);
+
+// Resolves rank= or ratio= into a per-block rank T for an (m, n) matrix in a K x K grid of
+// (m/K, n/K) blocks of rank T, nparams = K T (m + n). Exactly one of the two must be present.
+sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K,
+                                int64_t *rank) {
+    bool has_rank = sm_term_find(t, "rank"), has_ratio = sm_term_find(t, "ratio");
+    int64_t mb = m / K, nb = n / K, max_rank = mb < nb ? mb : nb;
+    if (has_rank && has_ratio)
+        return sm_fail(SM_ERR_SPEC, "%s: give rank= or ratio=, not both", t->name);
+    if (!has_rank && !has_ratio)
+        return sm_fail(SM_ERR_SPEC, "%s: needs rank=T (per block) or ratio=X (0 < X <= 1)",
+                       t->name);
+    if (has_rank) {
+        sm_status st = sm_term_int(t, "rank", 0, 1, INT64_MAX, rank);
+        if (st != SM_OK) return st;
+        if (*rank > max_rank)
+            return sm_fail(SM_ERR_SPEC, "%s: rank=%lld per block is too large: blocks=%lld cuts "
+                           "the %lldx%lld matrix into %lldx%lld blocks, so the rank is at most "
+                           "%lld", t->name, (long long)*rank, (long long)K, (long long)m,
+                           (long long)n, (long long)mb, (long long)nb, (long long)max_rank);
+        return SM_OK;
+    }
+    double ratio;
+    sm_status st = sm_term_real(t, "ratio", 0, 1e-12, 1.0, &ratio);
+    if (st != SM_OK) return st;
+    double per_rank = (double)K * (double)(m + n);
+    int64_t r = (int64_t)(ratio * (double)m * (double)n / per_rank + 1e-9);
+    if (r > max_rank) r = max_rank;
+    if (r < 1)
+        return sm_fail(SM_ERR_SPEC, "%s: ratio=%g leaves no room for rank 1 per block on a "
+                       "%lldx%lld matrix with blocks=%lld (rank 1 needs ratio >= %g)", t->name,
+                       ratio, (long long)m, (long long)n, (long long)K,
+                       per_rank / ((double)m * (double)n));
+    *rank = r;
+    return SM_OK;
 }
 
-const sm_op_vtbl sm_vtbl_blocklowrank = {.name = "blocklowrank", .keys = "", .help = "", .fit = todo_fit};
+typedef struct blr {
+    int64_t K, T, mb, nb; // grid size, rank per block, block shape (m/K, n/K)
+    sm_factor U;          // (m, K T): block row i = rows [i mb, (i+1) mb)
+    sm_factor V;          // (K K T, nb): block column j = rows [j K T, (j+1) K T)
+} blr;
+
+#define BLR(op) ((blr *)(op)->impl)
+
+static void blr_free(void *impl) {
+    blr *b = impl;
+    sm_factor_free(&b->U);
+    sm_factor_free(&b->V);
+    free(b);
+}
+
+static sm_status blr_blocks(const sm_term *t, int64_t m, int64_t n, int64_t *K) {
+    if (!sm_term_find(t, "blocks"))
+        return sm_fail(SM_ERR_SPEC, "blocklowrank: needs blocks=K (K dividing both dimensions)");
+    sm_status st = sm_term_int(t, "blocks", 0, 1, INT64_MAX, K);
+    if (st != SM_OK) return st;
+    if (m % *K || n % *K)
+        return sm_fail(SM_ERR_SPEC, "blocklowrank: blocks=%lld does not divide the %lldx%lld "
+                       "matrix (K must divide both out=%lld and in=%lld)", (long long)*K,
+                       (long long)m, (long long)n, (long long)m, (long long)n);
+    return SM_OK;
+}
+
+static blr *blr_new(int64_t K, int64_t T, int64_t m, int64_t n) {
+    blr *b = calloc(1, sizeof *b);
+    if (b) {
+        b->K = K;
+        b->T = T;
+        b->mb = m / K;
+        b->nb = n / K;
+    }
+    return b;
+}
+
+static sm_status blr_fit(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o) {
+    (void)o;
+    int64_t K, T, m = op->m, n = op->n;
+    sm_store store;
+    sm_status st = blr_blocks(t, m, n, &K);
+    if (st == SM_OK) st = sm_resolve_block_rank(t, m, n, K, &T);
+    if (st == SM_OK) st = sm_store_from_term(t, &store);
+    if (st != SM_OK) return st;
+    blr *b = blr_new(K, T, m, n);
+    int64_t KT = K * T, mb = m / K, nb = n / K;
+    float *U = sm_alloc((size_t)(m * KT) * sizeof(float));       // (m, K T)
+    float *V = sm_alloc((size_t)(K * KT * nb) * sizeof(float)); // (K K T, nb)
+    if (!b || !U || !V) {
+        free(b), sm_free(U), sm_free(V);
+        return sm_fail(SM_ERR_ALLOC, "blocklowrank: out of memory");
+    }
+    for (int64_t i = 0; i < K && st == SM_OK; i++)
+        for (int64_t j = 0; j < K && st == SM_OK; j++)
+            st = sm_lowrank_factors(W + i * mb * n + j * nb, mb, nb, n, T, NULL,
+                                    U + i * mb * KT + j * T, KT, V + (j * KT + i * T) * nb, nb);
+    if (st == SM_OK) st = sm_factor_init(&b->U, m, KT, store, U, KT);
+    if (st == SM_OK) st = sm_factor_init(&b->V, K * KT, nb, store, V, nb);
+    sm_free(U), sm_free(V);
+    if (st != SM_OK) {
+        blr_free(b);
+        return st;
+    }
+    op->impl = b;
+    sm_canon c;
+    sm_canon_init(&c, "blocklowrank");
+    sm_canon_add(&c, "blocks", "%lld", (long long)K);
+    sm_canon_add(&c, "rank", "%lld", (long long)T);
+    if (store != SM_STORE_F32) sm_canon_add(&c, "dtype", "%s", sm_store_name(store));
+    return sm_op_set_spec(op, &c);
+}
+
+static sm_status blr_load(sm_op *op, const sm_term *t, const sm_part *parts, int nparts) {
+    int64_t K, T;
+    sm_store store;
+    sm_status st = blr_blocks(t, op->m, op->n, &K);
+    if (st == SM_OK && !sm_term_find(t, "rank"))
+        st = sm_fail(SM_ERR_SPEC, "blocklowrank: a stored spec needs rank=");
+    if (st == SM_OK) st = sm_resolve_block_rank(t, op->m, op->n, K, &T);
+    if (st == SM_OK) st = sm_store_from_term(t, &store);
+    if (st != SM_OK) return st;
+    blr *b = blr_new(K, T, op->m, op->n);
+    if (!b) return sm_fail(SM_ERR_ALLOC, "out of memory");
+    st = sm_factor_load_3d(&b->U, K, b->mb, K * T, store, "U", parts, nparts);
+    if (st == SM_OK) st = sm_factor_load_3d(&b->V, K, K * T, b->nb, store, "V", parts, nparts);
+    if (st != SM_OK) {
+        blr_free(b);
+        return st;
+    }
+    op->impl = b;
+    return SM_OK;
+}
+
+static size_t blr_workspace(const sm_op *op, int64_t N) {
+    const blr *b = BLR(op);
+    size_t u = sm_factor_workspace(&b->U, N), v = sm_factor_workspace(&b->V, N);
+    return (size_t)(2 * N * b->K * b->K * b->T) + (u > v ? u : v);
+}
+
+// dst[r, i K T + j T + t] = src[r, j K T + i T + t] for N rows (the transpose of the K x K grid
+// of length-T pieces); applying it twice is the identity.
+static void blr_swap_grid(int64_t N, int64_t K, int64_t T, const float *src, float *dst) {
+    int64_t KT = K * T, row = K * KT;
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t j = 0; j < K; j++)
+            for (int64_t i = 0; i < K; i++)
+                memcpy(dst + r * row + i * KT + j * T, src + r * row + j * KT + i * T,
+                       (size_t)T * sizeof(float));
+}
+
+static void blr_apply(const sm_op *op, int64_t N, const float *X, float *Y, float *work) {
+    const blr *b = BLR(op);
+    int64_t K = b->K, KT = K * b->T, row = K * KT;
+    float *Z = work, *Z2 = work + N * row, *sub = Z2 + N * row; // Z, Z2 (N, K K T)
+    for (int64_t j = 0; j < K; j++) { // Z[:, j K T + i T + t] = (V_ij X_j)[t]
+        sm_factor Vj = sm_factor_rows(&b->V, j * KT, (j + 1) * KT);
+        sm_factor_mm(&Vj, N, X + j * b->nb, op->n, Z + j * KT, row, 0.0f, sub);
+    }
+    blr_swap_grid(N, K, b->T, Z, Z2); // Z2[:, i K T + j T + t]
+    for (int64_t i = 0; i < K; i++) {  // Y_i = sum_j U_ij (V_ij X_j)
+        sm_factor Ui = sm_factor_rows(&b->U, i * b->mb, (i + 1) * b->mb);
+        sm_factor_mm(&Ui, N, Z2 + i * KT, row, Y + i * b->mb, op->m, 0.0f, sub);
+    }
+}
+
+static void blr_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, float *work) {
+    const blr *b = BLR(op);
+    int64_t K = b->K, KT = K * b->T, row = K * KT;
+    float *Z = work, *Z2 = work + N * row, *sub = Z2 + N * row;
+    for (int64_t i = 0; i < K; i++) {
+        sm_factor Ui = sm_factor_rows(&b->U, i * b->mb, (i + 1) * b->mb);
+        sm_factor_mm_t(&Ui, N, Y + i * b->mb, op->m, Z2 + i * KT, row, 0.0f, sub);
+    }
+    blr_swap_grid(N, K, b->T, Z2, Z);
+    for (int64_t j = 0; j < K; j++) {
+        sm_factor Vj = sm_factor_rows(&b->V, j * KT, (j + 1) * KT);
+        sm_factor_mm_t(&Vj, N, Z + j * KT, row, X + j * b->nb, op->n, 0.0f, sub);
+    }
+}
+
+static void blr_to_dense(const sm_op *op, float *W) {
+    const blr *b = BLR(op);
+    int64_t K = b->K, T = b->T, KT = K * T;
+    float *U = sm_alloc((size_t)(op->m * KT) * sizeof(float));
+    float *V = sm_alloc((size_t)(K * KT * b->nb) * sizeof(float));
+    SM_ASSERT(U && V);
+    sm_factor_decode(&b->U, U, KT);
+    sm_factor_decode(&b->V, V, b->nb);
+    for (int64_t i = 0; i < K; i++)
+        for (int64_t j = 0; j < K; j++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)b->mb, (int)b->nb, (int)T,
+                        1.0f, U + i * b->mb * KT + j * T, (int)KT, V + (j * KT + i * T) * b->nb,
+                        (int)b->nb, 0.0f, W + i * b->mb * op->n + j * b->nb, (int)op->n);
+    sm_free(U), sm_free(V);
+}
+
+static int64_t blr_nparams(const sm_op *op) {
+    return BLR(op)->K * BLR(op)->T * (op->m + op->n);
+}
+
+static int64_t blr_nbytes(const sm_op *op) {
+    return sm_factor_nbytes(&BLR(op)->U) + sm_factor_nbytes(&BLR(op)->V);
+}
+
+static int blr_parts(const sm_op *op, sm_part *out, int cap) {
+    const blr *b = BLR(op);
+    int64_t K = b->K, KT = K * b->T;
+    int nu = sm_factor_parts_3d(&b->U, "U", K, b->mb, NULL);
+    int nv = sm_factor_parts_3d(&b->V, "V", K, KT, NULL);
+    if (out && cap >= nu + nv) {
+        sm_factor_parts_3d(&b->U, "U", K, b->mb, out);
+        sm_factor_parts_3d(&b->V, "V", K, KT, out + nu);
+    }
+    return nu + nv;
+}
+
+const sm_op_vtbl sm_vtbl_blocklowrank = {
+    .name = "blocklowrank",
+    .keys = "blocks,rank,ratio,dtype",
+    .help = "  blocks=K     a K x K grid of contiguous (m/K, n/K) blocks (required; K | m, K | n)\n"
+            "  rank=T       rank of every block (1 <= T <= min(m, n)/K); or\n"
+            "  ratio=X      the largest T with K T (m + n) <= X m n\n"
+            "  dtype=f32    factor storage: f32, f16, bf16, q8, q4",
+    .fit = blr_fit,
+    .load = blr_load,
+    .apply = blr_apply,
+    .apply_t = blr_apply_t,
+    .workspace = blr_workspace,
+    .to_dense = blr_to_dense,
+    .nparams = blr_nparams,
+    .nbytes = blr_nbytes,
+    .macs = blr_nparams,
+    .parts = blr_parts,
+    .free_impl = blr_free,
+};
