@@ -69,7 +69,9 @@ float sm_f16_to_f32(uint16_t h) {
         float f = (float)m * 0x1.0p-24f;
         return u2f(f2u(f) | sign);
     }
-    if (e == 31) return u2f(sign | 0x7f800000 | (m << 13));
+    // NaN: quieted (top mantissa bit set) as F16C's vcvtph2ps and IEEE 754 conversion do, so the
+    // scalar and SIMD decoders agree bit for bit; the payload is kept.
+    if (e == 31) return u2f(sign | 0x7f800000 | (m << 13) | (m ? 0x400000u : 0));
     return u2f(sign | ((e + 112) << 23) | (m << 13));
 }
 
