@@ -99,8 +99,8 @@ static sm_op *fit(const float *W, int64_t m, int64_t n, const char *spec, uint64
 // --- exact solver: Eckart-Young, ratio=, canonical spec, factor storage -------------------------
 
 static void test_eckart_young(void) {
-    static const int64_t shapes[][2] = {{64, 64}, {96, 40}, {40, 96}, {67, 45}, {45, 67},
-                                        {1, 9},   {9, 1},   {130, 7}};
+    static const int64_t shapes[][2] = {{64, 64}, {96, 40}, {40, 96}, {67, 45},
+                                        {45, 67}, {1, 9},   {9, 1},   {130, 7}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int64_t m = shapes[s][0], n = shapes[s][1], k = m < n ? m : n;
         float *W = malloc(sizeof(float) * (size_t)(m * n));
@@ -225,9 +225,11 @@ static void test_factor_storage(void) {
                     for (int64_t t = 0; t < n; t++) vv += (double)v[i * n + t] * v[j * n + t];
                     double want = i == j ? sig[i] : 0;
                     if (!(fabs(uu - want) <= tol && fabs(vv - want) <= tol)) {
-                        fprintf(stderr, "%lldx%lld r=%lld: (U^T U)[%lld,%lld] = %.7g, "
-                                "(V V^T) = %.7g, expected %.7g\n", (long long)m, (long long)n,
-                                (long long)r, (long long)i, (long long)j, uu, vv, want);
+                        fprintf(stderr,
+                                "%lldx%lld r=%lld: (U^T U)[%lld,%lld] = %.7g, "
+                                "(V V^T) = %.7g, expected %.7g\n",
+                                (long long)m, (long long)n, (long long)r, (long long)i,
+                                (long long)j, uu, vv, want);
                         g_failures++;
                         i = j = r;
                     }
@@ -271,9 +273,10 @@ static void test_rsvd_direct(void) {
             }
         double ratio = sqrt(e) / opt_err(sig, k, r);
         if (!(worst_orth < 1e-5 && worst_s < 1e-3 && ratio <= 1.01)) {
-            fprintf(stderr, "rsvd %lldx%lld r=%lld: orthonormality %.3g, sigma rel %.3g, "
-                    "err/opt %.5f\n", (long long)m, (long long)n, (long long)r, worst_orth,
-                    worst_s, ratio);
+            fprintf(stderr,
+                    "rsvd %lldx%lld r=%lld: orthonormality %.3g, sigma rel %.3g, "
+                    "err/opt %.5f\n",
+                    (long long)m, (long long)n, (long long)r, worst_orth, worst_s, ratio);
             g_failures++;
         }
         // Values only (U, Vt NULL) are the same values.
@@ -414,11 +417,10 @@ static void test_random_decaying(void) {
         for (int s = 0; s < 3; s++) {
             int64_t m = shapes[s][0], n = shapes[s][1], k = m < n ? m : n;
             double *sig = malloc(sizeof(double) * (size_t)k);
-            for (int64_t i = 0; i < k; i++) sig[i] = kind == 0 ? 1.0 / (double)(i + 1)
-                                                               : pow(0.9, (double)(i + 1));
+            for (int64_t i = 0; i < k; i++)
+                sig[i] = kind == 0 ? 1.0 / (double)(i + 1) : pow(0.9, (double)(i + 1));
             float *W = spectrum_matrix(m, n, sig, 500 + (uint64_t)(s + 3 * kind));
-            check_random_fits(kind == 0 ? "sigma=1/i" : "sigma=0.9^i", W, m, n, ranks, 3,
-                              true);
+            check_random_fits(kind == 0 ? "sigma=1/i" : "sigma=0.9^i", W, m, n, ranks, 3, true);
             free(sig), free(W);
         }
 }
@@ -506,9 +508,12 @@ static double factor_bound(const float *F, int64_t rows, int64_t cols, const cha
             for (int64_t j = g; j < g1; j++) amax = fmax(amax, fabs((double)F[i * cols + j]));
             for (int64_t j = g; j < g1; j++) {
                 double x = fabs((double)F[i * cols + j]), d;
-                if (!strcmp(dtype, "q8")) d = amax * (1.0 / 254 + 0x1p-10);
-                else if (!strcmp(dtype, "f16")) d = x * 0x1p-11 + 0x1p-25;
-                else d = x * 0x1p-8;
+                if (!strcmp(dtype, "q8"))
+                    d = amax * (1.0 / 254 + 0x1p-10);
+                else if (!strcmp(dtype, "f16"))
+                    d = x * 0x1p-11 + 0x1p-25;
+                else
+                    d = x * 0x1p-8;
                 s += d * d;
             }
         }

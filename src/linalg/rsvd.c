@@ -17,23 +17,21 @@ static sm_status lapack_status(lapack_int info) {
 
 // Q (rows, l) row-major <- the orthonormal factor of its own QR. tau has l floats.
 static sm_status orthonormalize(float *Q, int64_t rows, int64_t l, float *tau) {
-    lapack_int info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)rows, (lapack_int)l, Q,
-                                     (lapack_int)l, tau);
+    lapack_int info =
+        LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, (lapack_int)rows, (lapack_int)l, Q, (lapack_int)l, tau);
     if (info != 0)
-        return sm_fail(lapack_status(info),
-                       "rsvd: sgeqrf failed (info %d) on a %lldx%lld block", (int)info,
-                       (long long)rows, (long long)l);
+        return sm_fail(lapack_status(info), "rsvd: sgeqrf failed (info %d) on a %lldx%lld block",
+                       (int)info, (long long)rows, (long long)l);
     info = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, (lapack_int)rows, (lapack_int)l, (lapack_int)l, Q,
                           (lapack_int)l, tau);
     if (info != 0)
-        return sm_fail(lapack_status(info),
-                       "rsvd: sorgqr failed (info %d) on a %lldx%lld block", (int)info,
-                       (long long)rows, (long long)l);
+        return sm_fail(lapack_status(info), "rsvd: sorgqr failed (info %d) on a %lldx%lld block",
+                       (int)info, (long long)rows, (long long)l);
     return SM_OK;
 }
 
-sm_status sm_rsvd(const float *A, int64_t m, int64_t n, int64_t lda, int64_t r, int64_t p,
-                  int q, uint64_t seed, float *U, float *S, float *Vt) {
+sm_status sm_rsvd(const float *A, int64_t m, int64_t n, int64_t lda, int64_t r, int64_t p, int q,
+                  uint64_t seed, float *U, float *S, float *Vt) {
     int64_t k = m < n ? m : n;
     if (r < 0 || r > k)
         return sm_fail(SM_ERR_ARG, "rsvd: rank %lld is outside [0, %lld] for a %lldx%lld matrix",
@@ -77,12 +75,12 @@ sm_status sm_rsvd(const float *A, int64_t m, int64_t n, int64_t lda, int64_t r, 
     st = orthonormalize(Y, a, l, tau);
     for (int it = 0; it < q && st == SM_OK; it++) {
         // Z = M^T Q, Y = M Z, each re-orthonormalised.
-        cblas_sgemm(CblasRowMajor, opMt, CblasNoTrans, (int)b, (int)l, (int)a, 1.0f, A,
-                    (int)lda, Y, (int)l, 0.0f, Z, (int)l);
+        cblas_sgemm(CblasRowMajor, opMt, CblasNoTrans, (int)b, (int)l, (int)a, 1.0f, A, (int)lda, Y,
+                    (int)l, 0.0f, Z, (int)l);
         st = orthonormalize(Z, b, l, tau);
         if (st != SM_OK) break;
-        cblas_sgemm(CblasRowMajor, opM, CblasNoTrans, (int)a, (int)l, (int)b, 1.0f, A, (int)lda,
-                    Z, (int)l, 0.0f, Y, (int)l);
+        cblas_sgemm(CblasRowMajor, opM, CblasNoTrans, (int)a, (int)l, (int)b, 1.0f, A, (int)lda, Z,
+                    (int)l, 0.0f, Y, (int)l);
         st = orthonormalize(Y, a, l, tau);
     }
     if (st != SM_OK) goto done;
@@ -97,8 +95,8 @@ sm_status sm_rsvd(const float *A, int64_t m, int64_t n, int64_t lda, int64_t r, 
     if (!tr) {
         // A = M: U = Q Ub[:, :r] (m, r), Vt = Vb[:r, :] (r, n).
         if (U)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)r, (int)l, 1.0f,
-                        Y, (int)l, Ub, (int)l, 0.0f, U, (int)r);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)r, (int)l, 1.0f, Y,
+                        (int)l, Ub, (int)l, 0.0f, U, (int)r);
         if (Vt) memcpy(Vt, Vb, sizeof(float) * (size_t)(r * n));
     } else {
         // A = M^T: U = Vb[:r, :]^T (m, r), Vt = (Q Ub[:, :r])^T = Ub[:, :r]^T Q^T (r, n).
