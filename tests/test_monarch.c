@@ -14,7 +14,8 @@
 // W (m, n) = a Monarch matrix with K blocks and rank T per block, from random factors.
 static void random_monarch(float *W, int64_t m, int64_t n, int64_t K, int64_t T, unsigned seed) {
     int64_t s = m / K, p = n / K;
-    float *U = malloc(sizeof(float) * (size_t)(s * T)), *V = malloc(sizeof(float) * (size_t)(T * p));
+    float *U = malloc(sizeof(float) * (size_t)(s * T)),
+          *V = malloc(sizeof(float) * (size_t)(T * p));
     for (int64_t k = 0; k < K; k++)
         for (int64_t l = 0; l < K; l++) {
             fill_random(U, s * T, seed + (unsigned)(k * K + l) * 2);
@@ -58,7 +59,8 @@ static sm_op *fit(const float *W, int64_t m, int64_t n, const char *spec) {
 }
 
 static void test_recovery(int64_t m, int64_t n, int64_t K, int64_t T, bool default_rank) {
-    float *W = malloc(sizeof(float) * (size_t)(m * n)), *D = malloc(sizeof(float) * (size_t)(m * n));
+    float *W = malloc(sizeof(float) * (size_t)(m * n)),
+          *D = malloc(sizeof(float) * (size_t)(m * n));
     random_monarch(W, m, n, K, T, 7 + (unsigned)(m + n + K));
     char spec[64], want[64];
     if (default_rank)
@@ -85,7 +87,8 @@ static void test_recovery(int64_t m, int64_t n, int64_t K, int64_t T, bool defau
 }
 
 static void test_optimal(int64_t m, int64_t n, int64_t K, int64_t T) {
-    float *W = malloc(sizeof(float) * (size_t)(m * n)), *D = malloc(sizeof(float) * (size_t)(m * n));
+    float *W = malloc(sizeof(float) * (size_t)(m * n)),
+          *D = malloc(sizeof(float) * (size_t)(m * n));
     fill_random(W, m * n, 31 + (unsigned)(m * n));
     char spec[64];
     snprintf(spec, sizeof spec, "monarch:blocks=%lld,rank=%lld", (long long)K, (long long)T);
@@ -134,8 +137,9 @@ static double *decode_part(const sm_part *parts, int np, const char *name, int64
     CHECK(s->dtype == SM_DTYPE_F16 && s->ndim == 2 && s->shape[0] == rows && s->shape[1] == ng);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t j = 0; j < cols; j++)
-            out[r * cols + j] = (double)sm_f16_to_f32(((const uint16_t *)s->data)[r * ng + j / 64]) *
-                                ((const int8_t *)c->data)[r * cols + j];
+            out[r * cols + j] =
+                (double)sm_f16_to_f32(((const uint16_t *)s->data)[r * ng + j / 64]) *
+                ((const int8_t *)c->data)[r * cols + j];
     return out;
 }
 
@@ -144,15 +148,16 @@ static double *decode_part(const sm_part *parts, int np, const char *name, int64
 //   out1 -> 'b (k q)' -> 'b (r l) -> b l r'                   g[b, l, r] = out1flat[b, r K + l]
 //   out2[b, s, l] = sum_r w2[l, s, r] g[b, l, r]              (einsum 'lsr,blr->bsl')
 //   y = out2 reshaped (b, s l): y[b, s K + l]
-static void reference_forward(const double *w1, const double *w2, int64_t K, int64_t Qd,
-                              int64_t p, int64_t sd, int64_t N, const float *x, double *y) {
+static void reference_forward(const double *w1, const double *w2, int64_t K, int64_t Qd, int64_t p,
+                              int64_t sd, int64_t N, const float *x, double *y) {
     int64_t n = K * p, m = K * sd, KQ = K * Qd;
     double *out1 = malloc(sizeof(double) * (size_t)KQ), *g = malloc(sizeof(double) * (size_t)KQ);
     for (int64_t b = 0; b < N; b++) {
         for (int64_t k = 0; k < K; k++)
             for (int64_t q = 0; q < Qd; q++) {
                 double acc = 0;
-                for (int64_t c = 0; c < p; c++) acc += w1[(k * Qd + q) * p + c] * x[b * n + k * p + c];
+                for (int64_t c = 0; c < p; c++)
+                    acc += w1[(k * Qd + q) * p + c] * x[b * n + k * p + c];
                 out1[k * Qd + q] = acc;
             }
         int64_t R = KQ / K; // r runs over K q / l = Q
@@ -193,7 +198,8 @@ static void test_reference_layout(int64_t m, int64_t n, int64_t K, int64_t T, bo
     }
     double *w1 = decode_part(parts, np, "f1", K * Q, p, q8);
     double *w2 = decode_part(parts, np, "f2", m, Q, q8);
-    float *X = malloc(sizeof(float) * (size_t)(N * n)), *Y = malloc(sizeof(float) * (size_t)(N * m));
+    float *X = malloc(sizeof(float) * (size_t)(N * n)),
+          *Y = malloc(sizeof(float) * (size_t)(N * m));
     float *Yref = malloc(sizeof(float) * (size_t)(N * m));
     double *yd = malloc(sizeof(double) * (size_t)(N * m));
     fill_random(X, N * n, 5);
@@ -214,7 +220,8 @@ static void test_reference_layout(int64_t m, int64_t n, int64_t K, int64_t T, bo
 // A quantized fit's reported matrix is the decoded one, and it is not better than the optimum.
 static void test_quantized_error(void) {
     int64_t m = 64, n = 96, K = 4, T = 3;
-    float *W = malloc(sizeof(float) * (size_t)(m * n)), *D = malloc(sizeof(float) * (size_t)(m * n));
+    float *W = malloc(sizeof(float) * (size_t)(m * n)),
+          *D = malloc(sizeof(float) * (size_t)(m * n));
     fill_random(W, m * n, 99);
     sm_op *op = fit(W, m, n, "monarch:blocks=4,rank=3,dtype=q4");
     if (op) {
@@ -253,7 +260,7 @@ static void fails(const char *spec, int64_t m, int64_t n, const char *needle) {
 
 int main(void) {
     test_recovery(48, 48, 4, 3, true);
-    test_recovery(45, 63, 3, 5, true);  // default T = 45 / 9
+    test_recovery(45, 63, 3, 5, true); // default T = 45 / 9
     test_recovery(63, 45, 3, 2, false);
     test_recovery(40, 75, 5, 3, false);
     test_recovery(96, 32, 2, 7, false);

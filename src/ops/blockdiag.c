@@ -14,8 +14,7 @@
 
 sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
                             const char *name, const sm_part *parts, int nparts);
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1,
-                       sm_part *out);
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out);
 
 static bool is_quantized(sm_store s) {
     return s == SM_STORE_Q8 || s == SM_STORE_Q4;
@@ -23,8 +22,7 @@ static bool is_quantized(sm_store s) {
 
 // The factor's parts, with the plain (f32/f16/bf16) part reshaped to (d0, d1, cols), d0 d1 =
 // rows. Quantized factors keep their 2-D ".codes" and ".scales" parts.
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1,
-                       sm_part *out) {
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out) {
     SM_ASSERT(d0 * d1 == f->rows);
     int n = sm_factor_parts(f, name, out);
     if (out && !is_quantized(f->store)) {
@@ -78,9 +76,10 @@ static sm_status blockdiag_blocks(const sm_term *t, int64_t m, int64_t n, int64_
     sm_status st = sm_term_int(t, "blocks", 0, 1, INT64_MAX, K);
     if (st != SM_OK) return st;
     if (m % *K || n % *K)
-        return sm_fail(SM_ERR_SPEC, "blockdiag: blocks=%lld does not divide the %lldx%lld matrix "
-                       "(K must divide both out=%lld and in=%lld)", (long long)*K, (long long)m,
-                       (long long)n, (long long)m, (long long)n);
+        return sm_fail(SM_ERR_SPEC,
+                       "blockdiag: blocks=%lld does not divide the %lldx%lld matrix "
+                       "(K must divide both out=%lld and in=%lld)",
+                       (long long)*K, (long long)m, (long long)n, (long long)m, (long long)n);
     return SM_OK;
 }
 
@@ -94,8 +93,7 @@ static blockdiag *blockdiag_new(int64_t K, int64_t m, int64_t n) {
     return b;
 }
 
-static sm_status blockdiag_fit(sm_op *op, const sm_term *t, const float *W,
-                               const sm_fit_opts *o) {
+static sm_status blockdiag_fit(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o) {
     (void)o;
     int64_t K, m = op->m, n = op->n;
     sm_store store;

@@ -17,15 +17,12 @@
 
 sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
                             const char *name, const sm_part *parts, int nparts);
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1,
-                       sm_part *out);
-sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K,
-                                int64_t *rank);
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out);
+sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K, int64_t *rank);
 
 // Resolves rank= or ratio= into a per-block rank T for an (m, n) matrix in a K x K grid of
 // (m/K, n/K) blocks of rank T, nparams = K T (m + n). Exactly one of the two must be present.
-sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K,
-                                int64_t *rank) {
+sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K, int64_t *rank) {
     bool has_rank = sm_term_find(t, "rank"), has_ratio = sm_term_find(t, "ratio");
     int64_t mb = m / K, nb = n / K, max_rank = mb < nb ? mb : nb;
     if (has_rank && has_ratio)
@@ -37,10 +34,12 @@ sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t 
         sm_status st = sm_term_int(t, "rank", 0, 1, INT64_MAX, rank);
         if (st != SM_OK) return st;
         if (*rank > max_rank)
-            return sm_fail(SM_ERR_SPEC, "%s: rank=%lld per block is too large: blocks=%lld cuts "
+            return sm_fail(SM_ERR_SPEC,
+                           "%s: rank=%lld per block is too large: blocks=%lld cuts "
                            "the %lldx%lld matrix into %lldx%lld blocks, so the rank is at most "
-                           "%lld", t->name, (long long)*rank, (long long)K, (long long)m,
-                           (long long)n, (long long)mb, (long long)nb, (long long)max_rank);
+                           "%lld",
+                           t->name, (long long)*rank, (long long)K, (long long)m, (long long)n,
+                           (long long)mb, (long long)nb, (long long)max_rank);
         return SM_OK;
     }
     double ratio;
@@ -50,9 +49,10 @@ sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t 
     int64_t r = (int64_t)(ratio * (double)m * (double)n / per_rank + 1e-9);
     if (r > max_rank) r = max_rank;
     if (r < 1)
-        return sm_fail(SM_ERR_SPEC, "%s: ratio=%g leaves no room for rank 1 per block on a "
-                       "%lldx%lld matrix with blocks=%lld (rank 1 needs ratio >= %g)", t->name,
-                       ratio, (long long)m, (long long)n, (long long)K,
+        return sm_fail(SM_ERR_SPEC,
+                       "%s: ratio=%g leaves no room for rank 1 per block on a "
+                       "%lldx%lld matrix with blocks=%lld (rank 1 needs ratio >= %g)",
+                       t->name, ratio, (long long)m, (long long)n, (long long)K,
                        per_rank / ((double)m * (double)n));
     *rank = r;
     return SM_OK;
@@ -79,9 +79,10 @@ static sm_status blr_blocks(const sm_term *t, int64_t m, int64_t n, int64_t *K) 
     sm_status st = sm_term_int(t, "blocks", 0, 1, INT64_MAX, K);
     if (st != SM_OK) return st;
     if (m % *K || n % *K)
-        return sm_fail(SM_ERR_SPEC, "blocklowrank: blocks=%lld does not divide the %lldx%lld "
-                       "matrix (K must divide both out=%lld and in=%lld)", (long long)*K,
-                       (long long)m, (long long)n, (long long)m, (long long)n);
+        return sm_fail(SM_ERR_SPEC,
+                       "blocklowrank: blocks=%lld does not divide the %lldx%lld "
+                       "matrix (K must divide both out=%lld and in=%lld)",
+                       (long long)*K, (long long)m, (long long)n, (long long)m, (long long)n);
     return SM_OK;
 }
 
@@ -106,7 +107,7 @@ static sm_status blr_fit(sm_op *op, const sm_term *t, const float *W, const sm_f
     if (st != SM_OK) return st;
     blr *b = blr_new(K, T, m, n);
     int64_t KT = K * T, mb = m / K, nb = n / K;
-    float *U = sm_alloc((size_t)(m * KT) * sizeof(float));       // (m, K T)
+    float *U = sm_alloc((size_t)(m * KT) * sizeof(float));      // (m, K T)
     float *V = sm_alloc((size_t)(K * KT * nb) * sizeof(float)); // (K K T, nb)
     if (!b || !U || !V) {
         free(b), sm_free(U), sm_free(V);
@@ -179,7 +180,7 @@ static void blr_apply(const sm_op *op, int64_t N, const float *X, float *Y, floa
         sm_factor_mm(&Vj, N, X + j * b->nb, op->n, Z + j * KT, row, 0.0f, sub);
     }
     blr_swap_grid(N, K, b->T, Z, Z2); // Z2[:, i K T + j T + t]
-    for (int64_t i = 0; i < K; i++) {  // Y_i = sum_j U_ij (V_ij X_j)
+    for (int64_t i = 0; i < K; i++) { // Y_i = sum_j U_ij (V_ij X_j)
         sm_factor Ui = sm_factor_rows(&b->U, i * b->mb, (i + 1) * b->mb);
         sm_factor_mm(&Ui, N, Z2 + i * KT, row, Y + i * b->mb, op->m, 0.0f, sub);
     }

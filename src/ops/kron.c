@@ -18,8 +18,7 @@
 
 sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
                             const char *name, const sm_part *parts, int nparts);
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1,
-                       sm_part *out);
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out);
 
 typedef struct kron {
     int64_t P, Q, S, Mb, Nb;
@@ -44,18 +43,22 @@ static sm_status kron_sizes(const sm_term *t, int64_t m, int64_t n, int64_t *P, 
     if (st != SM_OK) return st;
     if (!present)
         return sm_fail(SM_ERR_SPEC, "kron: needs a=PxQ, the shape of the left factor A (P | out, "
-                       "Q | in)");
+                                    "Q | in)");
     if (m % *P || n % *Q)
-        return sm_fail(SM_ERR_SPEC, "kron: a=%lldx%lld does not divide the %lldx%lld matrix "
-                       "(P must divide out=%lld and Q must divide in=%lld)", (long long)*P,
-                       (long long)*Q, (long long)m, (long long)n, (long long)m, (long long)n);
+        return sm_fail(SM_ERR_SPEC,
+                       "kron: a=%lldx%lld does not divide the %lldx%lld matrix "
+                       "(P must divide out=%lld and Q must divide in=%lld)",
+                       (long long)*P, (long long)*Q, (long long)m, (long long)n, (long long)m,
+                       (long long)n);
     int64_t pq = *P * *Q, mn = (m / *P) * (n / *Q), max = pq < mn ? pq : mn;
     st = sm_term_int(t, "terms", 1, 1, INT64_MAX, S);
     if (st != SM_OK) return st;
     if (*S > max)
-        return sm_fail(SM_ERR_SPEC, "kron: terms=%lld is too many for a=%lldx%lld on a %lldx%lld "
-                       "matrix (at most min(P Q, (m/P)(n/Q)) = %lld)", (long long)*S,
-                       (long long)*P, (long long)*Q, (long long)m, (long long)n, (long long)max);
+        return sm_fail(SM_ERR_SPEC,
+                       "kron: terms=%lld is too many for a=%lldx%lld on a %lldx%lld "
+                       "matrix (at most min(P Q, (m/P)(n/Q)) = %lld)",
+                       (long long)*S, (long long)*P, (long long)*Q, (long long)m, (long long)n,
+                       (long long)max);
     return SM_OK;
 }
 
@@ -82,7 +85,7 @@ static sm_status kron_fit(sm_op *op, const sm_term *t, const float *W, const sm_
     if (st != SM_OK) return st;
     kron *k = kron_new(P, Q, S, m, n);
     int64_t Mb = m / P, Nb = n / Q, PQ = P * Q, MN = Mb * Nb;
-    float *R = sm_alloc((size_t)(m * n) * sizeof(float)); // (P Q, Mb Nb)
+    float *R = sm_alloc((size_t)(m * n) * sizeof(float));  // (P Q, Mb Nb)
     float *L = sm_alloc((size_t)(PQ * S) * sizeof(float)); // (P Q, S)
     float *A = sm_alloc((size_t)(S * PQ) * sizeof(float)); // (S P, Q)
     float *B = sm_alloc((size_t)(S * MN) * sizeof(float)); // (S Mb, Nb)

@@ -21,10 +21,8 @@
 
 sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
                             const char *name, const sm_part *parts, int nparts);
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1,
-                       sm_part *out);
-sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K,
-                                int64_t *rank);
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out);
+sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K, int64_t *rank);
 
 typedef struct monarch {
     int64_t K, T;    // blocks, rank per block
@@ -50,17 +48,19 @@ static sm_status monarch_sizes(const sm_term *t, int64_t m, int64_t n, int64_t *
     sm_status st = sm_term_int(t, "blocks", 0, 1, INT64_MAX, K);
     if (st != SM_OK) return st;
     if (m % *K || n % *K)
-        return sm_fail(SM_ERR_SPEC, "monarch: blocks=%lld does not divide the %lldx%lld matrix "
-                       "(K must divide both out=%lld and in=%lld)", (long long)*K, (long long)m,
-                       (long long)n, (long long)m, (long long)n);
+        return sm_fail(SM_ERR_SPEC,
+                       "monarch: blocks=%lld does not divide the %lldx%lld matrix "
+                       "(K must divide both out=%lld and in=%lld)",
+                       (long long)*K, (long long)m, (long long)n, (long long)m, (long long)n);
     if (sm_term_find(t, "rank") || sm_term_find(t, "ratio"))
         return sm_resolve_block_rank(t, m, n, *K, T);
     int64_t mn = m < n ? m : n, KK = *K * *K;
     if (mn % KK)
-        return sm_fail(SM_ERR_SPEC, "monarch: the default rank per block min(in, out)/K^2 = "
+        return sm_fail(SM_ERR_SPEC,
+                       "monarch: the default rank per block min(in, out)/K^2 = "
                        "%lld/%lld is not a whole number for a %lldx%lld matrix with blocks=%lld; "
-                       "give rank=T or ratio=X", (long long)mn, (long long)KK, (long long)m,
-                       (long long)n, (long long)*K);
+                       "give rank=T or ratio=X",
+                       (long long)mn, (long long)KK, (long long)m, (long long)n, (long long)*K);
     *T = mn / KK;
     return SM_OK;
 }
@@ -97,8 +97,8 @@ static sm_status monarch_fit(sm_op *op, const sm_term *t, const float *W, const 
     // rows k Q + t K + l of f1 (row stride K p).
     for (int64_t k = 0; k < K && st == SM_OK; k++)
         for (int64_t l = 0; l < K && st == SM_OK; l++)
-            st = sm_lowrank_factors(W + l * n + k * p, s, p, K * n, T, NULL,
-                                    F2 + l * s * Q + k * T, Q, F1 + (k * Q + l) * p, K * p);
+            st = sm_lowrank_factors(W + l * n + k * p, s, p, K * n, T, NULL, F2 + l * s * Q + k * T,
+                                    Q, F1 + (k * Q + l) * p, K * p);
     if (st == SM_OK) st = sm_factor_init(&mo->f1, K * Q, p, store, F1, p);
     if (st == SM_OK) st = sm_factor_init(&mo->f2, m, Q, store, F2, Q);
     sm_free(F1), sm_free(F2);
@@ -146,7 +146,7 @@ static void monarch_apply(const sm_op *op, int64_t N, const float *X, float *Y, 
     int64_t K = mo->K, Q = mo->Q, KQ = K * Q, s = mo->s, m = op->m;
     int64_t h = KQ > m ? KQ : m;
     float *H = work, *G = work + N * h, *sub = G + N * KQ; // H (N, K Q), G (N, K, Q)
-    for (int64_t k = 0; k < K; k++) { // H[:, k Q + q] = f1[k] x_k
+    for (int64_t k = 0; k < K; k++) {                      // H[:, k Q + q] = f1[k] x_k
         sm_factor f1k = sm_factor_rows(&mo->f1, k * Q, (k + 1) * Q);
         sm_factor_mm(&f1k, N, X + k * mo->p, op->n, H + k * Q, KQ, 0.0f, sub);
     }
@@ -234,12 +234,13 @@ static int monarch_parts(const sm_op *op, sm_part *out, int cap) {
 const sm_op_vtbl sm_vtbl_monarch = {
     .name = "monarch",
     .keys = "blocks,rank,ratio,dtype",
-    .help = "  blocks=K     K blocks in each of the two block-diagonal factors (required; K | in,\n"
-            "               K | out)\n"
-            "  rank=T       rank of each of the K x K blocks (default min(in, out)/K^2, which must\n"
-            "               be whole; 1 <= T <= min(in, out)/K); or\n"
-            "  ratio=X      the largest T with K T (in + out) <= X m n\n"
-            "  dtype=f32    factor storage: f32, f16, bf16, q8, q4",
+    .help =
+        "  blocks=K     K blocks in each of the two block-diagonal factors (required; K | in,\n"
+        "               K | out)\n"
+        "  rank=T       rank of each of the K x K blocks (default min(in, out)/K^2, which must\n"
+        "               be whole; 1 <= T <= min(in, out)/K); or\n"
+        "  ratio=X      the largest T with K T (in + out) <= X m n\n"
+        "  dtype=f32    factor storage: f32, f16, bf16, q8, q4",
     .fit = monarch_fit,
     .load = monarch_load,
     .apply = monarch_apply,
