@@ -33,8 +33,8 @@ static void test_shared_model(void) {
     }
 }
 
-#define REQUIRED                                                                                 \
-    "\"hidden_size\": 96, \"num_hidden_layers\": 2, \"num_attention_heads\": 6, "                \
+#define REQUIRED                                                                                   \
+    "\"hidden_size\": 96, \"num_hidden_layers\": 2, \"num_attention_heads\": 6, "                  \
     "\"vocab_size\": 1000, \"intermediate_size\": 200"
 
 static void test_defaults(void) {
@@ -151,8 +151,7 @@ static void test_bad(void) {
         if (s != k_bad[i].st || !strstr(sm_last_error(), k_bad[i].needle) ||
             !strstr(sm_last_error(), g_path)) {
             fprintf(stderr, "case %zu: %s \"%s\", expected %s with \"%s\" naming the file\n", i,
-                    sm_status_str(s), sm_last_error(), sm_status_str(k_bad[i].st),
-                    k_bad[i].needle);
+                    sm_status_str(s), sm_last_error(), sm_status_str(k_bad[i].st), k_bad[i].needle);
             g_failures++;
         }
     }

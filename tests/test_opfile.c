@@ -155,20 +155,20 @@ typedef struct lie {
 static const lie k_lies[] = {
     {"honest dense", "1", "dense", "8,8", 0, false, false, SM_DTYPE_F32, SM_OK, ""},
     {"honest lowrank", "1", "lowrank:rank=4", "8,8", 4, false, false, SM_DTYPE_F32, SM_OK, ""},
-    {"shape 3,4 for 8x8 parts", "1", "dense", "3,4", 0, false, false, SM_DTYPE_F32,
-     SM_ERR_FORMAT, "expected F32 [3, 4]"},
+    {"shape 3,4 for 8x8 parts", "1", "dense", "3,4", 0, false, false, SM_DTYPE_F32, SM_ERR_FORMAT,
+     "expected F32 [3, 4]"},
     {"rank 5 for rank-4 parts", "1", "lowrank:rank=5", "8,8", 4, false, false, SM_DTYPE_F32,
      SM_ERR_FORMAT, "expected F32 [8, 5]"},
     {"missing version", NULL, "dense", "8,8", 0, false, false, SM_DTYPE_F32, SM_ERR_FORMAT,
      "no structmat.format_version"},
     {"future version", "2", "dense", "8,8", 0, false, false, SM_DTYPE_F32, SM_ERR_UNSUPPORTED,
      "format version 2 is not supported"},
-    {"version not a number", "one", "dense", "8,8", 0, false, false, SM_DTYPE_F32,
-     SM_ERR_FORMAT, "is not a number"},
+    {"version not a number", "one", "dense", "8,8", 0, false, false, SM_DTYPE_F32, SM_ERR_FORMAT,
+     "is not a number"},
     {"unknown structure", "1", "frobnicate:rank=4", "8,8", 4, false, false, SM_DTYPE_F32,
      SM_ERR_SPEC, "unknown structure \"frobnicate\""},
-    {"spec not parseable", "1", "lowrank:rank=", "8,8", 4, false, false, SM_DTYPE_F32,
-     SM_ERR_SPEC, "operator \"x.weight\""},
+    {"spec not parseable", "1", "lowrank:rank=", "8,8", 4, false, false, SM_DTYPE_F32, SM_ERR_SPEC,
+     "operator \"x.weight\""},
     {"shape with junk", "1", "dense", "8,8x", 0, false, false, SM_DTYPE_F32, SM_ERR_FORMAT,
      "is not \"out,in\""},
     {"shape zero", "1", "dense", "0,8", 0, false, false, SM_DTYPE_F32, SM_ERR_FORMAT,
@@ -185,12 +185,12 @@ static const lie k_lies[] = {
      "missing part \"V\""},
     {"part of the wrong dtype", "1", "lowrank:rank=4", "8,8", 4, false, false, SM_DTYPE_F16,
      SM_ERR_FORMAT, "expected F32"},
-    {"dtype the spec does not say", "1", "dense:dtype=bf16", "8,8", 0, false, false,
-     SM_DTYPE_F32, SM_ERR_FORMAT, "expected BF16"},
+    {"dtype the spec does not say", "1", "dense:dtype=bf16", "8,8", 0, false, false, SM_DTYPE_F32,
+     SM_ERR_FORMAT, "expected BF16"},
     {"an extra part", "1", "dense", "8,8", 0, true, false, SM_DTYPE_F32, SM_ERR_FORMAT,
      "\"x.weight.Z\" is not a part of dense"},
-    {"sum spec over plain parts", "1", "lowrank:rank=4+dense", "8,8", 4, false, false,
-     SM_DTYPE_F32, SM_ERR_FORMAT, "missing part \"U\""},
+    {"sum spec over plain parts", "1", "lowrank:rank=4+dense", "8,8", 4, false, false, SM_DTYPE_F32,
+     SM_ERR_FORMAT, "missing part \"U\""},
 };
 
 static void test_lies(void) {
@@ -209,18 +209,16 @@ static void test_lies(void) {
             int64_t su[2] = {8, c->rank}, sv[2] = {c->rank, 8};
             CHECK_OK(sm_st_writer_add(w, "x.weight.U", c->dtype, 2, su, buf, 8 * c->rank * es));
             if (!c->drop_v)
-                CHECK_OK(sm_st_writer_add(w, "x.weight.V", c->dtype, 2, sv, buf,
-                                          8 * c->rank * es));
+                CHECK_OK(sm_st_writer_add(w, "x.weight.V", c->dtype, 2, sv, buf, 8 * c->rank * es));
         } else {
             int64_t sw[2] = {8, 8};
             CHECK_OK(sm_st_writer_add(w, "x.weight.W", c->dtype, 2, sw, buf, 64 * es));
         }
         if (c->extra)
-            CHECK_OK(sm_st_writer_add(w, "x.weight.Z", SM_DTYPE_U8, 1, (const int64_t[]){4}, buf,
-                                      4));
+            CHECK_OK(
+                sm_st_writer_add(w, "x.weight.Z", SM_DTYPE_U8, 1, (const int64_t[]){4}, buf, 4));
         // An unrelated tensor sharing the prefix without the dot is not a part.
-        CHECK_OK(sm_st_writer_add(w, "x.weightless", SM_DTYPE_U8, 1, (const int64_t[]){1}, buf,
-                                  1));
+        CHECK_OK(sm_st_writer_add(w, "x.weightless", SM_DTYPE_U8, 1, (const int64_t[]){1}, buf, 1));
         CHECK_OK(sm_st_writer_write(w, path, false));
         sm_st_writer_free(w);
         sm_st *st = NULL;
@@ -241,8 +239,10 @@ static void test_lies(void) {
             // The honest cases decode to what was stored: W itself, or U V.
             float got[64], ref[64];
             CHECK_OK(sm_op_to_dense(op, got));
-            if (c->rank > 0) matmul_ref(buf, buf, ref, 8, c->rank, 8);
-            else memcpy(ref, buf, sizeof ref);
+            if (c->rank > 0)
+                matmul_ref(buf, buf, ref, 8, c->rank, 8);
+            else
+                memcpy(ref, buf, sizeof ref);
             check_close(c->what, got, ref, 64, 1e-6);
             sm_op_free(op);
         }

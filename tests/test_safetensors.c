@@ -38,8 +38,8 @@ static unsigned char *read_bytes(const char *path, size_t *n) {
 
 // A safetensors file from a header text and `dlen` data bytes (data NULL: bytes 0, 1, 2, ...).
 // hlen_field overrides the length field when nonzero.
-static void write_st(const char *path, const char *hdr, size_t hlen, const void *data,
-                     size_t dlen, uint64_t hlen_field) {
+static void write_st(const char *path, const char *hdr, size_t hlen, const void *data, size_t dlen,
+                     uint64_t hlen_field) {
     size_t n = 8 + hlen + dlen;
     unsigned char *b = malloc(n + 1);
     uint64_t field = hlen_field ? hlen_field : hlen;
@@ -59,8 +59,10 @@ static void remove_tree(const char *dir) {
         char p[512];
         snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) remove_tree(p);
-        else unlink(p);
+        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode))
+            remove_tree(p);
+        else
+            unlink(p);
     }
     closedir(d);
     rmdir(dir);
@@ -110,8 +112,8 @@ static void test_round_trip(void) {
     CHECK_FAIL(sm_st_writer_add(w, "bad", SM_DTYPE_F32, 1, s4, f32, 12), SM_ERR_ARG, "need 16");
     CHECK_FAIL(sm_st_writer_add(w, "__metadata__", SM_DTYPE_U8, 1, s4, u8, 4), SM_ERR_ARG,
                "invalid tensor name");
-    CHECK_FAIL(sm_st_writer_add(w, "neg", SM_DTYPE_U8, 1, (const int64_t[]){-1}, u8, 0),
-               SM_ERR_ARG, "shape[0]");
+    CHECK_FAIL(sm_st_writer_add(w, "neg", SM_DTYPE_U8, 1, (const int64_t[]){-1}, u8, 0), SM_ERR_ARG,
+               "shape[0]");
     CHECK_FAIL(sm_st_writer_add(w, "unk", SM_DTYPE_UNKNOWN, 1, s4, u8, 4), SM_ERR_ARG, "dtype");
     CHECK_OK(sm_st_writer_write(w, path, false));
     sm_st_writer_free(w);
@@ -278,8 +280,8 @@ static void write_shard(const char *path, const char *const *names, int count) {
     for (int i = 0; i < count; i++) {
         vals[2 * i] = (float)names[i][0] + 0.5f;
         vals[2 * i + 1] = -(float)names[i][0];
-        CHECK_OK(sm_st_writer_add(w, names[i], SM_DTYPE_F32, 1, (const int64_t[]){2},
-                                  &vals[2 * i], 8));
+        CHECK_OK(
+            sm_st_writer_add(w, names[i], SM_DTYPE_F32, 1, (const int64_t[]){2}, &vals[2 * i], 8));
     }
     CHECK_OK(sm_st_writer_meta(w, "format", "pt"));
     CHECK_OK(sm_st_writer_write(w, path, true));
@@ -343,8 +345,7 @@ static void test_sharded(void) {
     write_bytes(p, index, strlen(index));
     CHECK_FAIL(sm_st_open(dir, &st), SM_ERR_FORMAT, "tensor \"e\" is not in its shard");
     CHECK(strstr(sm_last_error(), "index.json") != NULL);
-    snprintf(index, sizeof index, "{\"weight_map\":{\"a\":\"%s\",\"c\":\"gone.safetensors\"}}",
-             s1);
+    snprintf(index, sizeof index, "{\"weight_map\":{\"a\":\"%s\",\"c\":\"gone.safetensors\"}}", s1);
     write_bytes(p, index, strlen(index));
     CHECK_FAIL(sm_st_open(dir, &st), SM_ERR_IO, "gone.safetensors");
     snprintf(index, sizeof index, "{\"weight_map\":{\"a\":\"../%s\"}}", s1);
@@ -383,6 +384,26 @@ static void test_sharded(void) {
     CHECK_OK(sm_st_open(dir, &st));
     if (st) CHECK(sm_st_count(st) == 1 && sm_st_find(st, "m"));
     sm_st_close(st);
+
+    // A stale copy of a tensor in another shard is ignored: the index says where it lives.
+    join(dir, sizeof dir, "sharded2");
+    mkdir(dir, 0755);
+    snprintf(p, sizeof p, "%s/%s", dir, s1);
+    write_shard(p, (const char *[]){"a", "b"}, 2);
+    snprintf(p, sizeof p, "%s/%s", dir, s2);
+    write_shard(p, (const char *[]){"b", "c"}, 2);
+    snprintf(index, sizeof index, "{\"weight_map\":{\"a\":\"%s\",\"b\":\"%s\",\"c\":\"%s\"}}", s1,
+             s2, s2);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    write_bytes(p, index, strlen(index));
+    CHECK_OK(sm_st_open(p, &st));
+    if (st) {
+        CHECK(sm_st_count(st) == 3);
+        check_value(st, "a", s1);
+        check_value(st, "b", s2);
+        check_value(st, "c", s2);
+        sm_st_close(st);
+    }
 
     char empty[256];
     join(empty, sizeof empty, "empty-dir");
@@ -461,8 +482,8 @@ static void test_malformed(void) {
         char name[64];
         snprintf(name, sizeof name, "bad-%02zu.safetensors", i);
         join(path, sizeof path, name);
-        write_st(path, c->header, c->header_len ? c->header_len : strlen(c->header), NULL,
-                 c->dlen, 0);
+        write_st(path, c->header, c->header_len ? c->header_len : strlen(c->header), NULL, c->dlen,
+                 0);
         sm_status s = sm_st_open(path, &st);
         if (s != SM_ERR_FORMAT || !strstr(sm_last_error(), c->needle) ||
             !strstr(sm_last_error(), path)) {
@@ -495,8 +516,8 @@ static void test_malformed(void) {
 
     // An unknown dtype is listed, with its name, and refused only when read as numbers.
     join(path, sizeof path, "unknown-dtype.safetensors");
-    const char *h = "{\"q\":" T("\"F4X\"", "[4]", "[0,2]") ",\"f\":" T("\"F32\"", "[1]", "[2,6]")
-                    "}";
+    const char *h =
+        "{\"q\":" T("\"F4X\"", "[4]", "[0,2]") ",\"f\":" T("\"F32\"", "[1]", "[2,6]") "}";
     write_st(path, h, strlen(h), NULL, 6, 0);
     CHECK_OK(sm_st_open(path, &st));
     if (st) {

@@ -87,9 +87,9 @@ static sm_status get_token(const cfg_ctx *c, const char *key, int64_t *out) {
 static sm_status parse(const cfg_ctx *c, sm_model_config *cfg) {
     const char *p = c->path;
     sm_status s = SM_OK;
-#define TRY(x)                                                                                   \
-    do {                                                                                         \
-        if ((s = (x)) != SM_OK) return s;                                                        \
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        if ((s = (x)) != SM_OK) return s;                                                          \
     } while (0)
     TRY(get_str(c, "model_type", "", cfg->model_type, sizeof cfg->model_type));
     TRY(get_pos_int(c, "hidden_size", -1, &cfg->hidden_size));
@@ -97,8 +97,7 @@ static sm_status parse(const cfg_ctx *c, sm_model_config *cfg) {
     TRY(get_pos_int(c, "num_hidden_layers", -1, &cfg->num_hidden_layers));
     TRY(get_pos_int(c, "num_attention_heads", -1, &cfg->num_attention_heads));
     TRY(get_pos_int(c, "vocab_size", -1, &cfg->vocab_size));
-    TRY(get_pos_int(c, "num_key_value_heads", cfg->num_attention_heads,
-                    &cfg->num_key_value_heads));
+    TRY(get_pos_int(c, "num_key_value_heads", cfg->num_attention_heads, &cfg->num_key_value_heads));
     int64_t heads = cfg->num_attention_heads;
     if (!get(c, "head_dim") && cfg->hidden_size % heads != 0)
         return sm_fail(SM_ERR_FORMAT,
@@ -147,7 +146,8 @@ sm_status sm_config_load(const char *path, sm_model_config *cfg) {
     cfg_ctx c = {.path = file};
     if (s == SM_OK) {
         c.root = cJSON_ParseWithOpts(text, NULL, true);
-        if (!c.root) s = sm_fail(SM_ERR_FORMAT, "%s: not valid JSON", file);
+        if (!c.root)
+            s = sm_fail(SM_ERR_FORMAT, "%s: not valid JSON", file);
         else if (!cJSON_IsObject(c.root))
             s = sm_fail(SM_ERR_FORMAT, "%s: not a JSON object", file);
     }

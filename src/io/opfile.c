@@ -148,8 +148,8 @@ sm_status sm_op_load(const sm_st *st, const char *name, sm_op **out) {
     }
     if (s == SM_OK) s = sm_op_from_parts(spec, m, n, parts, np, out);
     if (s != SM_OK) {
-        sm_error_prefix("%s: operator \"%s\" (%s, %lldx%lld): ", where, name, spec,
-                        (long long)m, (long long)n);
+        sm_error_prefix("%s: operator \"%s\" (%s, %lldx%lld): ", where, name, spec, (long long)m,
+                        (long long)n);
         free(parts);
         return s;
     }

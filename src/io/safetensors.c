@@ -31,8 +31,8 @@ struct sm_st {
     int nfiles;
     st_file *files;
     int count;
-    sm_tensor_info *t; // in header order, file by file
-    int *by_name;      // (count) indices into t sorted by name, for sm_st_find
+    sm_tensor_info *t;              // in header order, file by file
+    const sm_tensor_info **by_name; // (count) into t, sorted by name, for sm_st_find
     int nmeta;
     const char **mkey, **mval; // merged __metadata__, first file wins
 };
@@ -169,16 +169,16 @@ static sm_status parse_header(st_file *f, const char *hdr, size_t len) {
     buf[len] = 0;
     const char *end = NULL;
     f->root = cJSON_ParseWithOpts(buf, &end, false);
-    const char *stop = f->root ? end : cJSON_GetErrorPtr();
-    size_t at = stop && stop >= buf && stop <= buf + len ? (size_t)(stop - buf) : 0;
+    // On failure cJSON points end at the fault (its global error pointer is not thread-safe).
+    size_t at = end && end >= buf && end <= buf + len ? (size_t)(end - buf) : 0;
     if (f->root)
-        while (at < len && (buf[at] == ' ' || buf[at] == '\t' || buf[at] == '\n' ||
-                            buf[at] == '\r'))
+        while (at < len &&
+               (buf[at] == ' ' || buf[at] == '\t' || buf[at] == '\n' || buf[at] == '\r'))
             at++;
     free(buf);
     if (!f->root || at != len)
-        return sm_fail(SM_ERR_FORMAT, "%s: header is not valid JSON (at byte %zu of %zu)", p,
-                       at, len);
+        return sm_fail(SM_ERR_FORMAT, "%s: header is not valid JSON (at byte %zu of %zu)", p, at,
+                       len);
     if (!cJSON_IsObject(f->root))
         return sm_fail(SM_ERR_FORMAT, "%s: header is not a JSON object", p);
 
@@ -217,8 +217,8 @@ static sm_status parse_header(st_file *f, const char *hdr, size_t len) {
             st = sm_fail(SM_ERR_FORMAT,
                          "%s: tensor \"%s\": data_offsets [%llu, %llu] out of range (the data "
                          "buffer has %zu bytes)",
-                         p, name, (unsigned long long)sp[i].begin,
-                         (unsigned long long)sp[i].end, data_size);
+                         p, name, (unsigned long long)sp[i].begin, (unsigned long long)sp[i].end,
+                         data_size);
         else if (sp[i].begin < pos)
             st = sm_fail(SM_ERR_FORMAT, "%s: tensors \"%s\" and \"%s\" overlap", p,
                          f->t[sp[i - 1].idx].name, name);
@@ -296,23 +296,21 @@ void sm_st_close(sm_st *st) {
     free(st);
 }
 
-static const sm_tensor_info *g_sort_t; // qsort has no context argument
-
 static int cmp_by_name(const void *a, const void *b) {
-    int x = *(const int *)a, y = *(const int *)b;
-    int c = strcmp(g_sort_t[x].name, g_sort_t[y].name);
-    return c ? c : x - y;
+    const sm_tensor_info *x = *(const sm_tensor_info *const *)a;
+    const sm_tensor_info *y = *(const sm_tensor_info *const *)b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x > y) - (x < y); // equal names stay in listing order
 }
 
 // Builds the name index and the merged metadata once st->t is complete.
 static sm_status finish(sm_st *st) {
     st->by_name = malloc(((size_t)st->count + 1) * sizeof *st->by_name);
     if (!st->by_name) return sm_fail(SM_ERR_ALLOC, "out of memory");
-    for (int i = 0; i < st->count; i++) st->by_name[i] = i;
-    g_sort_t = st->t;
+    for (int i = 0; i < st->count; i++) st->by_name[i] = &st->t[i];
     qsort(st->by_name, (size_t)st->count, sizeof *st->by_name, cmp_by_name);
     for (int i = 1; i < st->count; i++) {
-        const sm_tensor_info *a = &st->t[st->by_name[i - 1]], *b = &st->t[st->by_name[i]];
+        const sm_tensor_info *a = st->by_name[i - 1], *b = st->by_name[i];
         if (strcmp(a->name, b->name) != 0) continue;
         if (a->file == b->file)
             return sm_fail(SM_ERR_FORMAT, "%s: duplicate tensor name \"%s\"", a->file, a->name);
@@ -443,8 +441,10 @@ static sm_status open_index(sm_st *st, const char *index) {
     cJSON *root = cJSON_ParseWithOpts(text, &end, true);
     free(text);
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-    if (!root) s = sm_fail(SM_ERR_FORMAT, "%s: not valid JSON", index);
-    else if (!cJSON_IsObject(root)) s = sm_fail(SM_ERR_FORMAT, "%s: not a JSON object", index);
+    if (!root)
+        s = sm_fail(SM_ERR_FORMAT, "%s: not valid JSON", index);
+    else if (!cJSON_IsObject(root))
+        s = sm_fail(SM_ERR_FORMAT, "%s: not a JSON object", index);
     else if (!cJSON_IsObject(wm))
         s = sm_fail(SM_ERR_FORMAT, "%s: no \"weight_map\" object", index);
     int n = s == SM_OK ? cJSON_GetArraySize(wm) : 0;
@@ -477,15 +477,15 @@ static sm_status open_index(sm_st *st, const char *index) {
     const char *base = slash ? dir : ".";
     if (slash) *slash = 0;
     for (i = 0; i < n && s == SM_OK; i++) {
-        const char **hit = bsearch(&map[i].shard, shards, (size_t)nshards, sizeof *shards,
-                                   cmp_str);
+        const char **hit = bsearch(&map[i].shard, shards, (size_t)nshards, sizeof *shards, cmp_str);
         map[i].file = (int)(hit - (const char **)shards);
     }
     if (s == SM_OK) {
         char **paths = calloc((size_t)nshards, sizeof *paths);
         if (!paths) s = sm_fail(SM_ERR_ALLOC, "out of memory");
         for (i = 0; i < nshards && s == SM_OK; i++)
-            if (!(paths[i] = join_path(base, shards[i]))) s = sm_fail(SM_ERR_ALLOC, "out of memory");
+            if (!(paths[i] = join_path(base, shards[i])))
+                s = sm_fail(SM_ERR_ALLOC, "out of memory");
         if (s == SM_OK) {
             s = open_files(st, paths, nshards);
         } else if (paths) {
@@ -527,7 +527,8 @@ sm_status sm_st_open(const char *path, sm_st **out) {
     } else if (S_ISDIR(sb.st_mode)) {
         char *single = join_path(path, "model.safetensors");
         char *index = join_path(path, "model.safetensors.index.json");
-        if (!single || !index) s = sm_fail(SM_ERR_ALLOC, "out of memory");
+        if (!single || !index)
+            s = sm_fail(SM_ERR_ALLOC, "out of memory");
         else if (is_file(single)) {
             s = open_files(st, &single, 1);
             single = NULL;
@@ -564,10 +565,12 @@ const sm_tensor_info *sm_st_find(const sm_st *st, const char *name) {
     int lo = 0, hi = st->count;
     while (lo < hi) {
         int mid = lo + (hi - lo) / 2;
-        int c = strcmp(st->t[st->by_name[mid]].name, name);
-        if (c == 0) return &st->t[st->by_name[mid]];
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+        int c = strcmp(st->by_name[mid]->name, name);
+        if (c == 0) return st->by_name[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
@@ -600,8 +603,7 @@ sm_status sm_st_read_f32(const sm_st *st, const char *name, float **out, int64_t
                        t->file, t->name, t->dtype_name);
     int64_t count = (int64_t)(t->nbytes / sm_dtype_size(d));
     float *buf = sm_alloc((size_t)count * sizeof(float));
-    if (!buf)
-        return sm_fail(SM_ERR_ALLOC, "%s: out of memory reading \"%s\"", t->file, t->name);
+    if (!buf) return sm_fail(SM_ERR_ALLOC, "%s: out of memory reading \"%s\"", t->file, t->name);
     sm_status s = sm_convert_to_f32(d, t->data, count, buf);
     if (s != SM_OK) {
         sm_free(buf);

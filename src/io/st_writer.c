@@ -219,8 +219,8 @@ sm_status sm_st_writer_write(sm_st_writer *w, const char *path, bool force) {
     qsort(order, (size_t)w->n, sizeof *order, cmp_name);
     for (int i = 1; i < w->n; i++)
         if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
-            sm_status s = sm_fail(SM_ERR_ARG, "%s: tensor \"%s\" added twice", path,
-                                  order[i]->name);
+            sm_status s =
+                sm_fail(SM_ERR_ARG, "%s: tensor \"%s\" added twice", path, order[i]->name);
             free(order);
             return s;
         }
