@@ -67,7 +67,7 @@ int main(void) {
     parse_fails("lowrank:RANK=4", "lower-case key");
 
     fit_fails("nosuch:rank=4", 8, 8, "unknown structure \"nosuch\"");
-    fit_fails("lowrank:rank=9", 8, 12, "rank=9 is impossible");
+    fit_fails("lowrank:rank=9", 8, 12, "rank=9 is too large");
     fit_fails("lowrank:rank=0", 8, 8, "out of range");
     fit_fails("lowrank:rank=abc", 8, 8, "not a whole number");
     fit_fails("lowrank:ratio=1.5", 8, 8, "out of range");

@@ -3,57 +3,10 @@
 // [i n/K, (i+1) n/K) to output rows [i m/K, (i+1) m/K). Copying the diagonal blocks is the exact
 // Frobenius-optimal projection (the off-diagonal entries cannot be represented at all).
 // Part: "D" (K, m/K, n/K) (q8/q4: "D.codes", "D.scales" 2-D over the (m, n/K) rows).
-//
-// This file also holds the 3-D part helpers shared by monarch.c, blocklowrank.c and kron.c.
 #include "op_impl.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-// --- 3-D parts over one factor ---------------------------------------------------------------
-
-sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
-                            const char *name, const sm_part *parts, int nparts);
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out);
-
-static bool is_quantized(sm_store s) {
-    return s == SM_STORE_Q8 || s == SM_STORE_Q4;
-}
-
-// The factor's parts, with the plain (f32/f16/bf16) part reshaped to (d0, d1, cols), d0 d1 =
-// rows. Quantized factors keep their 2-D ".codes" and ".scales" parts.
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out) {
-    SM_ASSERT(d0 * d1 == f->rows);
-    int n = sm_factor_parts(f, name, out);
-    if (out && !is_quantized(f->store)) {
-        out->ndim = 3;
-        out->shape[0] = d0;
-        out->shape[1] = d1;
-        out->shape[2] = f->cols;
-    }
-    return n;
-}
-
-// Loads a factor of (d0 d1, cols) rows from parts written by sm_factor_parts_3d.
-sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
-                            const char *name, const sm_part *parts, int nparts) {
-    int64_t rows = d0 * d1;
-    if (is_quantized(store)) return sm_factor_load(f, rows, cols, store, name, parts, nparts);
-    const sm_part *p = sm_parts_find(parts, nparts, name);
-    if (!p) return SM_ERR_FORMAT;
-    if (p->ndim != 3 || p->shape[0] != d0 || p->shape[1] != d1 || p->shape[2] != cols)
-        return sm_fail(SM_ERR_FORMAT,
-                       "part \"%s\" has %d dimensions [%lld, %lld, %lld], expected [%lld, %lld, "
-                       "%lld]",
-                       name, p->ndim, (long long)p->shape[0], (long long)p->shape[1],
-                       (long long)p->shape[2], (long long)d0, (long long)d1, (long long)cols);
-    sm_part flat = *p;
-    flat.ndim = 2;
-    flat.shape[0] = rows;
-    flat.shape[1] = cols;
-    flat.shape[2] = 0;
-    return sm_factor_load(f, rows, cols, store, name, &flat, 1);
-}
 
 // --- blockdiag --------------------------------------------------------------------------------
 

@@ -15,47 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
-                            const char *name, const sm_part *parts, int nparts);
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out);
-sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K, int64_t *rank);
-
-// Resolves rank= or ratio= into a per-block rank T for an (m, n) matrix in a K x K grid of
-// (m/K, n/K) blocks of rank T, nparams = K T (m + n). Exactly one of the two must be present.
-sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K, int64_t *rank) {
-    bool has_rank = sm_term_find(t, "rank"), has_ratio = sm_term_find(t, "ratio");
-    int64_t mb = m / K, nb = n / K, max_rank = mb < nb ? mb : nb;
-    if (has_rank && has_ratio)
-        return sm_fail(SM_ERR_SPEC, "%s: give rank= or ratio=, not both", t->name);
-    if (!has_rank && !has_ratio)
-        return sm_fail(SM_ERR_SPEC, "%s: needs rank=T (per block) or ratio=X (0 < X <= 1)",
-                       t->name);
-    if (has_rank) {
-        sm_status st = sm_term_int(t, "rank", 0, 1, INT64_MAX, rank);
-        if (st != SM_OK) return st;
-        if (*rank > max_rank)
-            return sm_fail(SM_ERR_SPEC,
-                           "%s: rank=%lld per block is too large: blocks=%lld cuts "
-                           "the %lldx%lld matrix into %lldx%lld blocks, so the rank is at most "
-                           "%lld",
-                           t->name, (long long)*rank, (long long)K, (long long)m, (long long)n,
-                           (long long)mb, (long long)nb, (long long)max_rank);
-        return SM_OK;
-    }
-    double ratio;
-    sm_status st = sm_term_real(t, "ratio", 0, 1e-12, 1.0, &ratio);
-    if (st != SM_OK) return st;
-    double per_rank = (double)K * (double)(m + n);
-    int64_t r = (int64_t)(ratio * (double)m * (double)n / per_rank + 1e-9);
-    if (r > max_rank) r = max_rank;
-    if (r < 1)
-        return sm_fail(SM_ERR_SPEC,
-                       "%s: ratio=%g leaves no room for rank 1 per block on a "
-                       "%lldx%lld matrix with blocks=%lld (rank 1 needs ratio >= %g)",
-                       t->name, ratio, (long long)m, (long long)n, (long long)K,
-                       per_rank / ((double)m * (double)n));
-    *rank = r;
-    return SM_OK;
+sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K,
+                                int64_t *rank) {
+    int64_t mb = m / K, nb = n / K;
+    char context[128];
+    snprintf(context, sizeof context, "when blocks=%lld cuts the %lldx%lld matrix into %lldx%lld "
+             "blocks", (long long)K, (long long)m, (long long)n, (long long)mb, (long long)nb);
+    return sm_resolve_rank(t, m, n, K * (m + n), mb < nb ? mb : nb, " per block", context, rank);
 }
 
 typedef struct blr {

@@ -24,7 +24,7 @@ static int64_t ngroups(int64_t cols) {
     return (cols + SM_QGROUP - 1) / SM_QGROUP;
 }
 
-static bool quantized(sm_store s) {
+bool sm_store_quantized(sm_store s) {
     return s == SM_STORE_Q8 || s == SM_STORE_Q4;
 }
 
@@ -38,8 +38,8 @@ static sm_status alloc_factor(sm_factor *f, int64_t rows, int64_t cols, sm_store
     if (!ok) return sm_fail(SM_ERR_ALLOC, "factor %lldx%lld is too large", (long long)rows,
                             (long long)cols);
     f->data = sm_alloc(bytes);
-    if (quantized(store)) f->scales = sm_alloc((size_t)(rows * ngroups(cols)) * 2);
-    if (!f->data || (quantized(store) && !f->scales)) {
+    if (sm_store_quantized(store)) f->scales = sm_alloc((size_t)(rows * ngroups(cols)) * 2);
+    if (!f->data || (sm_store_quantized(store) && !f->scales)) {
         sm_factor_free(f);
         return sm_fail(SM_ERR_ALLOC, "out of memory for a %lldx%lld factor", (long long)rows,
                        (long long)cols);
@@ -97,9 +97,9 @@ sm_status sm_factor_init(sm_factor *f, int64_t rows, int64_t cols, sm_store stor
         }
     }
     // f16 factors and f16 scales overflow past 65504: refuse rather than store Inf.
-    if (store == SM_STORE_F16 || quantized(store)) {
-        const uint16_t *h = quantized(store) ? f->scales : f->data;
-        int64_t count = quantized(store) ? rows * ng : rows * cols;
+    if (store == SM_STORE_F16 || sm_store_quantized(store)) {
+        const uint16_t *h = sm_store_quantized(store) ? f->scales : f->data;
+        int64_t count = sm_store_quantized(store) ? rows * ng : rows * cols;
         for (int64_t i = 0; i < count; i++)
             if ((h[i] & 0x7c00) == 0x7c00) {
                 sm_factor_free(f);
@@ -129,7 +129,7 @@ sm_factor sm_factor_rows(const sm_factor *f, int64_t r0, int64_t r1) {
 
 int64_t sm_factor_nbytes(const sm_factor *f) {
     int64_t b = f->rows * (int64_t)sm_store_row_bytes(f->store, f->cols);
-    if (quantized(f->store)) b += f->rows * ngroups(f->cols) * 2;
+    if (sm_store_quantized(f->store)) b += f->rows * ngroups(f->cols) * 2;
     return b;
 }
 
@@ -211,7 +211,7 @@ void sm_factor_mm_t(const sm_factor *f, int64_t N, const float *Y, int64_t ldy, 
 
 int sm_factor_parts(const sm_factor *f, const char *name, sm_part *out) {
     static const sm_dtype plain[] = {SM_DTYPE_F32, SM_DTYPE_F16, SM_DTYPE_BF16};
-    if (!quantized(f->store)) {
+    if (!sm_store_quantized(f->store)) {
         if (out) {
             memset(out, 0, sizeof *out);
             snprintf(out->name, sizeof out->name, "%s", name);
@@ -279,4 +279,41 @@ sm_status sm_factor_load(sm_factor *f, int64_t rows, int64_t cols, sm_store stor
         memcpy(f->scales, sm_parts_find(parts, nparts, exp[1].name)->data,
                (size_t)(rows * ngroups(cols) * 2));
     return SM_OK;
+}
+
+// --- 3-D parts over one factor ---------------------------------------------------------------
+
+// The factor's parts, with the plain (f32/f16/bf16) part reshaped to (d0, d1, cols), d0 d1 =
+// rows. Quantized factors keep their 2-D ".codes" and ".scales" parts.
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out) {
+    SM_ASSERT(d0 * d1 == f->rows);
+    int n = sm_factor_parts(f, name, out);
+    if (out && !sm_store_quantized(f->store)) {
+        out->ndim = 3;
+        out->shape[0] = d0;
+        out->shape[1] = d1;
+        out->shape[2] = f->cols;
+    }
+    return n;
+}
+
+// Loads a factor of (d0 d1, cols) rows from parts written by sm_factor_parts_3d.
+sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
+                            const char *name, const sm_part *parts, int nparts) {
+    int64_t rows = d0 * d1;
+    if (sm_store_quantized(store)) return sm_factor_load(f, rows, cols, store, name, parts, nparts);
+    const sm_part *p = sm_parts_find(parts, nparts, name);
+    if (!p) return SM_ERR_FORMAT;
+    if (p->ndim != 3 || p->shape[0] != d0 || p->shape[1] != d1 || p->shape[2] != cols)
+        return sm_fail(SM_ERR_FORMAT,
+                       "part \"%s\" has %d dimensions [%lld, %lld, %lld], expected [%lld, %lld, "
+                       "%lld]",
+                       name, p->ndim, (long long)p->shape[0], (long long)p->shape[1],
+                       (long long)p->shape[2], (long long)d0, (long long)d1, (long long)cols);
+    sm_part flat = *p;
+    flat.ndim = 2;
+    flat.shape[0] = rows;
+    flat.shape[1] = cols;
+    flat.shape[2] = 0;
+    return sm_factor_load(f, rows, cols, store, name, &flat, 1);
 }

@@ -16,9 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
-                            const char *name, const sm_part *parts, int nparts);
-int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out);
 
 typedef struct kron {
     int64_t P, Q, S, Mb, Nb;

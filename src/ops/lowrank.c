@@ -32,25 +32,21 @@ typedef struct lowrank {
 
 #define LR(op) ((lowrank *)(op)->impl)
 
-// Resolves rank= or ratio= into a rank for an (m, n) matrix with `per_rank` params per unit of
-// rank, so ratio means nparams / (m n).
 sm_status sm_resolve_rank(const sm_term *t, int64_t m, int64_t n, int64_t per_rank,
-                          int64_t max_rank, int64_t *rank);
-
-sm_status sm_resolve_rank(const sm_term *t, int64_t m, int64_t n, int64_t per_rank,
-                          int64_t max_rank, int64_t *rank) {
+                          int64_t max_rank, const char *per, const char *context,
+                          int64_t *rank) {
     bool has_rank = sm_term_find(t, "rank"), has_ratio = sm_term_find(t, "ratio");
     if (has_rank && has_ratio)
         return sm_fail(SM_ERR_SPEC, "%s: give rank= or ratio=, not both", t->name);
     if (!has_rank && !has_ratio)
-        return sm_fail(SM_ERR_SPEC, "%s: needs rank=R or ratio=X (0 < X <= 1)", t->name);
+        return sm_fail(SM_ERR_SPEC, "%s: needs rank=%s or ratio=X (0 < X <= 1)", t->name,
+                       *per ? "T (per block)" : "R");
     if (has_rank) {
         sm_status st = sm_term_int(t, "rank", 0, 1, INT64_MAX, rank);
         if (st != SM_OK) return st;
         if (*rank > max_rank)
-            return sm_fail(SM_ERR_SPEC, "%s: rank=%lld is impossible for a %lldx%lld matrix "
-                           "(at most %lld)", t->name, (long long)*rank, (long long)m,
-                           (long long)n, (long long)max_rank);
+            return sm_fail(SM_ERR_SPEC, "%s: rank=%lld%s is too large (impossible %s: at most "
+                           "%lld)", t->name, (long long)*rank, per, context, (long long)max_rank);
         return SM_OK;
     }
     double ratio;
@@ -59,9 +55,9 @@ sm_status sm_resolve_rank(const sm_term *t, int64_t m, int64_t n, int64_t per_ra
     int64_t r = (int64_t)(ratio * (double)m * (double)n / (double)per_rank + 1e-9);
     if (r > max_rank) r = max_rank;
     if (r < 1)
-        return sm_fail(SM_ERR_SPEC, "%s: ratio=%g leaves no room for rank 1 on a %lldx%lld "
-                       "matrix (rank 1 needs ratio >= %g)", t->name, ratio, (long long)m,
-                       (long long)n, (double)per_rank / ((double)m * (double)n));
+        return sm_fail(SM_ERR_SPEC, "%s: ratio=%g leaves no room for rank 1%s %s (rank 1 needs "
+                       "ratio >= %g)", t->name, ratio, per, context,
+                       (double)per_rank / ((double)m * (double)n));
     *rank = r;
     return SM_OK;
 }
@@ -89,7 +85,9 @@ static sm_status lowrank_fit(sm_op *op, const sm_term *t, const float *W, const 
     int64_t m = op->m, n = op->n, r;
     sm_store store;
     sm_svd_solver solver;
-    sm_status st = sm_resolve_rank(t, m, n, m + n, m < n ? m : n, &r);
+    char context[96];
+    snprintf(context, sizeof context, "for a %lldx%lld matrix", (long long)m, (long long)n);
+    sm_status st = sm_resolve_rank(t, m, n, m + n, m < n ? m : n, "", context, &r);
     if (st == SM_OK) st = sm_store_from_term(t, &store);
     if (st == SM_OK) st = solver_from_term(t, o, &solver);
     if (st != SM_OK) return st;

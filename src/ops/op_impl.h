@@ -76,6 +76,23 @@ int sm_factor_parts(const sm_factor *f, const char *name, sm_part *out);
 sm_status sm_factor_load(sm_factor *f, int64_t rows, int64_t cols, sm_store store,
                          const char *name, const sm_part *parts, int nparts);
 
+// The factor's parts with a plain (f32/f16/bf16) part reshaped to (d0, d1, cols), d0 d1 = rows;
+// quantized factors keep their 2-D ".codes" and ".scales" parts. Returns the count.
+int sm_factor_parts_3d(const sm_factor *f, const char *name, int64_t d0, int64_t d1, sm_part *out);
+// Loads a factor of (d0 d1, cols) from parts written by sm_factor_parts_3d.
+sm_status sm_factor_load_3d(sm_factor *f, int64_t d0, int64_t d1, int64_t cols, sm_store store,
+                            const char *name, const sm_part *parts, int nparts);
+bool sm_store_quantized(sm_store s);
+
+// Resolves rank= or ratio= (exactly one) into a rank for an (m, n) matrix whose nparams grow by
+// per_rank per unit of rank (ratio means nparams / (m n)); per (" per block" or "") and context
+// ("for a 30x20 matrix") make the messages say what the limit max_rank comes from.
+sm_status sm_resolve_rank(const sm_term *t, int64_t m, int64_t n, int64_t per_rank,
+                          int64_t max_rank, const char *per, const char *context, int64_t *rank);
+// Per-block rank T of a K x K grid of (m/K, n/K) blocks, nparams = K T (m + n).
+sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t K,
+                                int64_t *rank);
+
 // Finds a part by name; SM_ERR_FORMAT naming it when absent.
 const sm_part *sm_parts_find(const sm_part *parts, int nparts, const char *name);
 
