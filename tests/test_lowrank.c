@@ -427,48 +427,8 @@ static void test_random_decaying(void) {
 
 // --- the shared model's real weights ----------------------------------------------------------
 
-// Reads one F32 2-D tensor straight from the safetensors file: an 8-byte little-endian header
-// length N, a JSON header, then the data at 8 + N + offset. A crude strstr parse of the known
-// names, as a test helper until the library's safetensors reader lands in src/io.
 static float *read_model_tensor(const char *name, int64_t *m, int64_t *n) {
-    FILE *f = fopen(MODEL, "rb");
-    if (!f) {
-        fprintf(stderr, "%s: cannot open\n", MODEL);
-        g_failures++;
-        return NULL;
-    }
-    unsigned char len8[8];
-    float *w = NULL;
-    char *hdr = NULL;
-    if (fread(len8, 1, 8, f) != 8) goto out;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | len8[i];
-    if (hlen > (1u << 24) || !(hdr = calloc(hlen + 1, 1)) || fread(hdr, 1, hlen, f) != hlen)
-        goto out;
-    char key[160];
-    snprintf(key, sizeof key, "\"%s\"", name);
-    char *e = strstr(hdr, key), *end = e ? strchr(e, '}') : NULL;
-    if (!end) goto out;
-    *end = 0; // the tensor's own object ends at its first '}'
-    char *dt = strstr(e, "\"dtype\""), *sh = strstr(e, "\"shape\""),
-         *off = strstr(e, "\"data_offsets\"");
-    long long a, b, r, c;
-    if (!dt || !sh || !off || !strstr(dt, "\"F32\"") ||
-        sscanf(strchr(sh, '['), "[ %lld , %lld ]", &r, &c) != 2 ||
-        sscanf(strchr(off, '['), "[ %lld , %lld ]", &a, &b) != 2 || b - a != 4 * r * c)
-        goto out;
-    w = malloc((size_t)(b - a));
-    if (fseek(f, (long)(8 + hlen + a), SEEK_SET) != 0 || fread(w, 1, b - a, f) != (size_t)(b - a))
-        free(w), w = NULL;
-    *m = r, *n = c;
-out:
-    if (!w) {
-        fprintf(stderr, "%s: cannot read %s as a 2-D F32 tensor\n", MODEL, name);
-        g_failures++;
-    }
-    free(hdr);
-    fclose(f);
-    return w;
+    return read_matrix(MODEL, name, m, n);
 }
 
 static const char *const k_proj[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",

@@ -90,6 +90,26 @@ static inline void matmul_ref(const float *A, const float *B, float *C, int64_t 
         }
 }
 
+// A 2-D tensor of a safetensors file or checkpoint as F32 (malloc'd); counts a failure and
+// returns NULL when it cannot be read.
+static inline float *read_matrix(const char *path, const char *name, int64_t *m, int64_t *n) {
+    sm_st *st = NULL;
+    float *w = NULL;
+    int64_t count;
+    const sm_tensor_info *t;
+    if (sm_st_open(path, &st) != SM_OK || !(t = sm_st_find(st, name)) || t->ndim != 2 ||
+        sm_st_read_f32(st, name, &w, &count) != SM_OK) {
+        fprintf(stderr, "%s: cannot read %s as a matrix: %s\n", path, name, sm_last_error());
+        g_failures++;
+        sm_st_close(st);
+        return NULL;
+    }
+    *m = t->shape[0];
+    *n = t->shape[1];
+    sm_st_close(st);
+    return w;
+}
+
 #define TEST_END()                                                                               \
     do {                                                                                         \
         if (g_failures) fprintf(stderr, "%d check(s) failed\n", g_failures);                     \
