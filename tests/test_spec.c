@@ -66,6 +66,33 @@ int main(void) {
     parse_fails("lowrank:rank=4+", "structure name");
     parse_fails("lowrank:RANK=4", "lower-case key");
 
+    // Limits: 8 terms, 12 items, 31-character words.
+    char text[1024];
+    strcpy(text, "dense");
+    for (int i = 1; i < 8; i++) strcat(text, "+dense");
+    round_trip(text);
+    strcat(text, "+dense");
+    parse_fails(text, "too many terms (at most 8)");
+    strcpy(text, "x:a0=1");
+    for (int i = 1; i < 12; i++) sprintf(text + strlen(text), ",a%d=1", i);
+    round_trip(text);
+    strcat(text, ",b=2");
+    parse_fails(text, "too many items");
+    const char *w31 = "abcdefghijklmnopqrstuvwxyz01234"; // 31 characters
+    snprintf(text, sizeof text, "%s:%s=%s,flag", w31, w31, w31);
+    round_trip(text);
+    snprintf(text, sizeof text, "lowrank:rank=%s5", w31);
+    parse_fails(text, "value too long");
+    snprintf(text, sizeof text, "lowrank:%s5=1", w31);
+    parse_fails(text, "key too long");
+    snprintf(text, sizeof text, "%s5", w31);
+    parse_fails(text, "name too long");
+    parse_fails("lowrank:rank=3,", "expected a lower-case key");
+    parse_fails("lowrank:", "expected a lower-case key");
+    parse_fails("+lowrank", "structure name");
+    parse_fails("lowrank:rank=+3", "missing value"); // '+' separates terms
+    parse_fails("lowrank:rank=3++dense", "structure name");
+
     fit_fails("nosuch:rank=4", 8, 8, "unknown structure \"nosuch\"");
     fit_fails("lowrank:rank=9", 8, 12, "rank=9 is too large");
     fit_fails("lowrank:rank=0", 8, 8, "out of range");
@@ -77,10 +104,35 @@ int main(void) {
     fit_fails("lowrank:rank=2,blocks=4", 8, 8, "unknown key \"blocks\"");
     fit_fails("lowrank:rank=2,dtype=f8", 8, 8, "dtype=f8 is not one of");
     fit_fails("dense:dtype", 8, 8, "needs a value");
+    // Keys match whole words only; numbers are plain decimals.
+    fit_fails("lowrank:ran=3", 8, 8, "unknown key \"ran\"");
+    fit_fails("lowrank:rankk=3", 8, 8, "unknown key \"rankk\"");
+    fit_fails("lowrank:rank=3-", 8, 8, "not a whole number");
+    fit_fails("lowrank:rank=99999999999999999999", 8, 8, "not a whole number");
+    fit_fails("lowrank:ratio=0x1p-1", 8, 8, "ratio=0x1p-1 is not a number");
+    fit_fails("lowrank:ratio=nan", 8, 8, "is not a number");
+    fit_fails("lowrank:ratio=inf", 8, 8, "is not a number");
+    fit_fails("lowrank:ratio=1e-400", 8, 8, "out of range");
+    fit_fails("lowrank:ratio=-0.5", 8, 8, "out of range");
+    fit_fails("kron:a=0x4", 8, 8, "a=0x4 is not of the form PxQ");
+    fit_fails("kron:a=4x", 8, 8, "a=4x is not of the form PxQ");
+    fit_fails("kron:a=x4", 8, 8, "is not of the form PxQ");
+    fit_fails("kron:a=4x-4", 8, 8, "is not of the form PxQ");
+    fit_fails("kron:a=4x4x4", 8, 8, "is not of the form PxQ");
+    fit_fails("kron:a=4X4", 8, 8, "is not of the form PxQ");
+    fit_fails("kron:a=99999999999999999999x1", 8, 8,
+              "a=99999999999999999999x1 is not of the form PxQ");
+    fit_fails("kron:a=16x16", 8, 8, "does not divide");
+    fit_fails("monarch:blocks=9", 8, 8, "does not divide");
+    fit_fails("blockdiag:blocks=0", 8, 8, "out of range");
 
     canonical("lowrank:ratio=0.5", 256, 256, "lowrank:rank=64");
     canonical("lowrank:ratio=0.5,dtype=bf16", 256, 768, "lowrank:rank=96,dtype=bf16");
     canonical("dense:dtype=f32", 8, 8, "dense");
+    canonical("lowrank:rank=01", 8, 8, "lowrank:rank=1");
+    canonical("kron:a=04x2", 8, 8, "kron:a=4x2");
+    canonical("lowrank:ratio=1", 8, 8, "lowrank:rank=4");
+    canonical("blockdiag:blocks=8", 8, 8, "blockdiag:blocks=8");
     canonical("lowrank:rank=2+dense:dtype=q8", 8, 8, "lowrank:rank=2+dense:dtype=q8");
     TEST_END();
 }

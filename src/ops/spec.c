@@ -217,7 +217,8 @@ sm_status sm_term_real(const sm_term *t, const char *key, double def, double lo,
     if (st != SM_OK) return st;
     char *end;
     double v = strtod(it->value, &end);
-    if (*end || !isfinite(v))
+    // Decimal only: strtod also reads hexadecimal ("0x1p-2"), infinities and NaNs.
+    if (*end || !isfinite(v) || strpbrk(it->value, "xX"))
         return sm_fail(SM_ERR_SPEC, "%s: %s=%s is not a number", t->name, key, it->value);
     if (v < lo || v > hi)
         return sm_fail(SM_ERR_SPEC, "%s: %s=%s is out of range [%g, %g]", t->name, key,
@@ -232,14 +233,25 @@ sm_status sm_term_dims(const sm_term *t, const char *key, int64_t *a, int64_t *b
     if (!it) return SM_OK;
     sm_status st = need_value(t, it);
     if (st != SM_OK) return st;
-    long long x, y;
-    char tail;
-    if (sscanf(it->value, "%lldx%lld%c", &x, &y, &tail) != 2 || x <= 0 || y <= 0 ||
-        !isdigit((unsigned char)it->value[0]))
+    // Digits only (no signs, no overflow: sscanf's %lld allows both).
+    int64_t v[2] = {0, 0};
+    const char *s = it->value;
+    bool ok = true;
+    for (int i = 0; i < 2 && ok; i++) {
+        ok = isdigit((unsigned char)*s);
+        for (; ok && isdigit((unsigned char)*s); s++) {
+            if (v[i] > (INT64_MAX - 9) / 10)
+                ok = false;
+            else
+                v[i] = v[i] * 10 + (*s - '0');
+        }
+        if (ok && i == 0) ok = *s++ == 'x';
+    }
+    if (!ok || *s || v[0] <= 0 || v[1] <= 0)
         return sm_fail(SM_ERR_SPEC, "%s: %s=%s is not of the form PxQ with P, Q >= 1", t->name,
                        key, it->value);
-    *a = x;
-    *b = y;
+    *a = v[0];
+    *b = v[1];
     return SM_OK;
 }
 
