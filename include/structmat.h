@@ -128,7 +128,9 @@ typedef struct sm_fit_opts {
     const sm_stats *stats; // NULL: plain Frobenius objective
 } sm_fit_opts;
 
-// Fits the structure named by spec to W (m, n) row-major. W must be finite.
+// Fits the structure named by spec to W (m, n) row-major. W must be finite (SM_ERR_NUMERIC
+// names the first non-finite entry); m and n are at most INT_MAX, the most BLAS and LAPACK take
+// (SM_ERR_UNSUPPORTED, checked before W is read).
 sm_status sm_op_fit(const float *W, int64_t m, int64_t n, const char *spec,
                     const sm_fit_opts *opts, sm_op **out);
 void sm_op_free(sm_op *op);
@@ -147,7 +149,8 @@ size_t sm_op_workspace(const sm_op *op, int64_t N);
 sm_status sm_op_apply(const sm_op *op, int64_t N, const float *X, float *Y, float *work);
 // X (N, n) = Y (N, m) W
 sm_status sm_op_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, float *work);
-// W (m, n) row-major, the matrix the operator applies (quantized factors decoded).
+// W (m, n) row-major, the matrix the operator applies (quantized factors decoded). Some
+// structures need scratch for it: SM_ERR_ALLOC when that cannot be allocated.
 sm_status sm_op_to_dense(const sm_op *op, float *W);
 
 // Named parts of an operator's storage (docs/format.md lists them per structure).
@@ -162,7 +165,9 @@ typedef struct sm_part {
 
 // Views of the operator's parts; *parts is malloc'd (free() it), the data stays owned by op.
 sm_status sm_op_parts(const sm_op *op, sm_part **parts, int *nparts);
-// Rebuilds an operator from its canonical spec, shape and parts (data copied).
+// Rebuilds an operator from its canonical spec, shape and parts (data copied). Parts must have
+// exactly the names, dtypes, shapes and byte sizes the spec implies (SM_ERR_FORMAT) and finite
+// values, scales included (SM_ERR_NUMERIC naming the part and position).
 sm_status sm_op_from_parts(const char *spec, int64_t m, int64_t n, const sm_part *parts,
                            int nparts, sm_op **out);
 

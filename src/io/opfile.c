@@ -5,6 +5,7 @@
 #include "../base/base.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #define KEY_VERSION "structmat.format_version"
@@ -31,6 +32,16 @@ sm_status sm_ops_save(const char *path, int count, const char *const *names,
         for (int j = 0; j < i && s == SM_OK; j++)
             if (strcmp(names[i], names[j]) == 0)
                 s = sm_fail(SM_ERR_ARG, "%s: operator \"%s\" given twice", path, names[i]);
+        // Every tensor "<name>.*" counts as a part of <name> when loading, so an operator named
+        // "<name>.<more>" in the same file would make <name> unloadable.
+        for (int j = 0; j < count && s == SM_OK; j++) {
+            size_t l = strlen(names[j]);
+            if (j != i && strncmp(names[i], names[j], l) == 0 && names[i][l] == '.')
+                s = sm_fail(SM_ERR_ARG,
+                            "%s: operator \"%s\" would be read as a part of \"%s\" (no name "
+                            "may continue another with '.')",
+                            path, names[i], names[j]);
+        }
         int np = 0;
         if (s == SM_OK) s = sm_op_parts(ops[i], &parts[i], &np);
         for (int j = 0; j < np && s == SM_OK; j++) {
@@ -75,7 +86,7 @@ static bool parse_shape(const char *s, int64_t *m, int64_t *n) {
         int64_t x = 0;
         for (; *s >= '0' && *s <= '9'; s++) {
             x = x * 10 + (*s - '0');
-            if (x > ((int64_t)1 << 31)) return false; // no real matrix side is this long
+            if (x > INT_MAX) return false; // BLAS's limit; no real matrix side is this long
         }
         v[i] = x;
         if (i == 0 && *s++ != ',') return false;

@@ -114,13 +114,14 @@ static void blockdiag_apply_t(const sm_op *op, int64_t N, const float *Y, float 
     }
 }
 
-static void blockdiag_to_dense(const sm_op *op, float *W) {
+static sm_status blockdiag_to_dense(const sm_op *op, float *W) {
     const blockdiag *b = BD(op);
     memset(W, 0, (size_t)(op->m * op->n) * sizeof(float));
     for (int64_t i = 0; i < b->K; i++) {
         sm_factor Di = sm_factor_rows(&b->D, i * b->mb, (i + 1) * b->mb);
         sm_factor_decode(&Di, W + i * b->mb * op->n + i * b->nb, op->n);
     }
+    return SM_OK;
 }
 
 static int64_t blockdiag_nparams(const sm_op *op) {

@@ -167,12 +167,15 @@ static void blr_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, fl
     }
 }
 
-static void blr_to_dense(const sm_op *op, float *W) {
+static sm_status blr_to_dense(const sm_op *op, float *W) {
     const blr *b = BLR(op);
     int64_t K = b->K, T = b->T, KT = K * T;
     float *U = sm_alloc((size_t)(op->m * KT) * sizeof(float));
     float *V = sm_alloc((size_t)(K * KT * b->nb) * sizeof(float));
-    SM_ASSERT(U && V);
+    if (!U || !V) {
+        sm_free(U), sm_free(V);
+        return sm_fail(SM_ERR_ALLOC, "blocklowrank: out of memory in to_dense");
+    }
     sm_factor_decode(&b->U, U, KT);
     sm_factor_decode(&b->V, V, b->nb);
     for (int64_t i = 0; i < K; i++)
@@ -181,6 +184,7 @@ static void blr_to_dense(const sm_op *op, float *W) {
                         1.0f, U + i * b->mb * KT + j * T, (int)KT, V + (j * KT + i * T) * b->nb,
                         (int)b->nb, 0.0f, W + i * b->mb * op->n + j * b->nb, (int)op->n);
     sm_free(U), sm_free(V);
+    return SM_OK;
 }
 
 static int64_t blr_nparams(const sm_op *op) {

@@ -52,8 +52,9 @@ static size_t dense_workspace(const sm_op *op, int64_t N) {
     return sm_factor_workspace(D(op), N);
 }
 
-static void dense_to_dense(const sm_op *op, float *W) {
+static sm_status dense_to_dense(const sm_op *op, float *W) {
     sm_factor_decode(D(op), W, op->n);
+    return SM_OK;
 }
 
 static int64_t dense_nparams(const sm_op *op) {

@@ -33,6 +33,11 @@ static sm_status alloc_factor(sm_factor *f, int64_t rows, int64_t cols, sm_store
     f->rows = rows;
     f->cols = cols;
     f->store = store;
+    // Factor sides reach BLAS as ints (rows, cols and leading dimensions).
+    if (rows > INT_MAX || cols > INT_MAX)
+        return sm_fail(SM_ERR_UNSUPPORTED,
+                       "a %lldx%lld factor has a side longer than %d, the most BLAS takes",
+                       (long long)rows, (long long)cols, INT_MAX);
     bool ok = true;
     size_t bytes = sm_mul_size((size_t)rows, sm_store_row_bytes(store, cols), &ok);
     if (!ok) return sm_fail(SM_ERR_ALLOC, "factor %lldx%lld is too large", (long long)rows,
@@ -251,6 +256,27 @@ const sm_part *sm_parts_find(const sm_part *parts, int nparts, const char *name)
     return NULL;
 }
 
+// A file can hold any bits: a NaN or Inf in a plain factor or in a quantized factor's scales
+// would make every output it touches non-finite, so loading refuses it, naming the part.
+static sm_status check_finite_factor(const sm_factor *f, const char *part) {
+    int64_t cols = sm_store_quantized(f->store) ? ngroups(f->cols) : f->cols;
+    int64_t count = f->rows * cols;
+    const uint16_t *h = sm_store_quantized(f->store) ? f->scales : f->data;
+    for (int64_t i = 0; i < count; i++) {
+        bool bad;
+        switch (f->store) {
+        case SM_STORE_F32: bad = !isfinite(((const float *)f->data)[i]); break;
+        case SM_STORE_BF16: bad = (h[i] & 0x7f80) == 0x7f80; break;
+        default: bad = (h[i] & 0x7c00) == 0x7c00; break; // f16 values, q8/q4 F16 scales
+        }
+        if (bad)
+            return sm_fail(SM_ERR_NUMERIC,
+                           "part \"%s\" has a non-finite value at [%lld, %lld] (element %lld)",
+                           part, (long long)(i / cols), (long long)(i % cols), (long long)i);
+    }
+    return SM_OK;
+}
+
 sm_status sm_factor_load(sm_factor *f, int64_t rows, int64_t cols, sm_store store,
                          const char *name, const sm_part *parts, int nparts) {
     sm_factor want = {.rows = rows, .cols = cols, .store = store};
@@ -278,7 +304,9 @@ sm_status sm_factor_load(sm_factor *f, int64_t rows, int64_t cols, sm_store stor
     if (ne == 2)
         memcpy(f->scales, sm_parts_find(parts, nparts, exp[1].name)->data,
                (size_t)(rows * ngroups(cols) * 2));
-    return SM_OK;
+    st = check_finite_factor(f, exp[ne - 1].name);
+    if (st != SM_OK) sm_factor_free(f);
+    return st;
 }
 
 // --- 3-D parts over one factor ---------------------------------------------------------------

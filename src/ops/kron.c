@@ -56,6 +56,13 @@ static sm_status kron_sizes(const sm_term *t, int64_t m, int64_t n, int64_t *P, 
                        "matrix (at most min(P Q, (m/P)(n/Q)) = %lld)",
                        (long long)*S, (long long)*P, (long long)*Q, (long long)m, (long long)n,
                        (long long)max);
+    // S times a side of A or B is a BLAS dimension or leading dimension in apply.
+    int64_t side = *P > *Q ? *P : *Q, bside = m / *P > n / *Q ? m / *P : n / *Q;
+    if (side < bside) side = bside;
+    if (*S > INT_MAX / side)
+        return sm_fail(SM_ERR_UNSUPPORTED, "kron: terms=%lld with a=%lldx%lld on a %lldx%lld "
+                       "matrix needs BLAS dimensions over %d", (long long)*S, (long long)*P,
+                       (long long)*Q, (long long)m, (long long)n, INT_MAX);
     return SM_OK;
 }
 
@@ -216,12 +223,15 @@ static void kron_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, f
     }
 }
 
-static void kron_to_dense(const sm_op *op, float *W) {
+static sm_status kron_to_dense(const sm_op *op, float *W) {
     const kron *k = KR(op);
     int64_t P = k->P, Q = k->Q, S = k->S, Mb = k->Mb, Nb = k->Nb, n = op->n;
     float *A = sm_alloc((size_t)(S * P * Q) * sizeof(float));
     float *B = sm_alloc((size_t)(S * Mb * Nb) * sizeof(float));
-    SM_ASSERT(A && B);
+    if (!A || !B) {
+        sm_free(A), sm_free(B);
+        return sm_fail(SM_ERR_ALLOC, "kron: out of memory in to_dense");
+    }
     sm_factor_decode(&k->A, A, Q);
     sm_factor_decode(&k->B, B, Nb);
     memset(W, 0, (size_t)(op->m * n) * sizeof(float));
@@ -236,6 +246,7 @@ static void kron_to_dense(const sm_op *op, float *W) {
                 }
             }
     sm_free(A), sm_free(B);
+    return SM_OK;
 }
 
 static int64_t kron_nparams(const sm_op *op) {

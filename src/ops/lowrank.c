@@ -124,8 +124,8 @@ static sm_status lowrank_load(sm_op *op, const sm_term *t, const sm_part *parts,
     int64_t r;
     sm_store store;
     sm_status st = sm_term_int(t, "rank", 0, 1, op->m < op->n ? op->m : op->n, &r);
-    if (st == SM_OK && !sm_term_find(t, "rank"))
-        st = sm_fail(SM_ERR_SPEC, "lowrank: a stored spec needs rank=");
+    if (st == SM_OK && (!sm_term_find(t, "rank") || sm_term_find(t, "ratio")))
+        st = sm_fail(SM_ERR_SPEC, "lowrank: a stored spec needs rank= (and no ratio=)");
     if (st == SM_OK) st = sm_store_from_term(t, &store);
     if (st != SM_OK) return st;
     lowrank *lr = calloc(1, sizeof *lr);
@@ -161,15 +161,19 @@ static void lowrank_apply_t(const sm_op *op, int64_t N, const float *Y, float *X
     sm_factor_mm_t(&lr->R, N, T, lr->r, X, op->n, 0.0f, sub);
 }
 
-static void lowrank_to_dense(const sm_op *op, float *W) {
+static sm_status lowrank_to_dense(const sm_op *op, float *W) {
     // Row i of W is L[i,:] R: the transposed product of R with the rows of L.
     const lowrank *lr = LR(op);
     float *L = sm_alloc((size_t)(op->m * lr->r) * sizeof(float));
     float *work = sm_alloc((sm_factor_workspace(&lr->R, op->m) + 1) * sizeof(float));
-    SM_ASSERT(L && work);
+    if (!L || !work) {
+        sm_free(L), sm_free(work);
+        return sm_fail(SM_ERR_ALLOC, "lowrank: out of memory in to_dense");
+    }
     sm_factor_decode(&lr->L, L, lr->r);
     sm_factor_mm_t(&lr->R, op->m, L, lr->r, W, op->n, 0.0f, work);
     sm_free(L), sm_free(work);
+    return SM_OK;
 }
 
 static int64_t lowrank_nparams(const sm_op *op) {

@@ -48,6 +48,11 @@ static sm_status monarch_sizes(const sm_term *t, int64_t m, int64_t n, int64_t *
                        "monarch: blocks=%lld does not divide the %lldx%lld matrix "
                        "(K must divide both out=%lld and in=%lld)",
                        (long long)*K, (long long)m, (long long)n, (long long)m, (long long)n);
+    // The blocks' rows are K rows apart: K n and K m are leading dimensions handed to BLAS.
+    if (*K * (m > n ? m : n) > INT_MAX)
+        return sm_fail(SM_ERR_UNSUPPORTED,
+                       "monarch: blocks=%lld on a %lldx%lld matrix needs strides over %d",
+                       (long long)*K, (long long)m, (long long)n, INT_MAX);
     if (sm_term_find(t, "rank") || sm_term_find(t, "ratio"))
         return sm_resolve_block_rank(t, m, n, *K, T);
     int64_t mn = m < n ? m : n, KK = *K * *K;
@@ -191,12 +196,15 @@ static void monarch_apply_t(const sm_op *op, int64_t N, const float *Y, float *X
     }
 }
 
-static void monarch_to_dense(const sm_op *op, float *W) {
+static sm_status monarch_to_dense(const sm_op *op, float *W) {
     const monarch *mo = MO(op);
     int64_t K = mo->K, T = mo->T, Q = mo->Q, p = mo->p, s = mo->s, n = op->n;
     float *F1 = sm_alloc((size_t)(K * Q * p) * sizeof(float));
     float *F2 = sm_alloc((size_t)(op->m * Q) * sizeof(float));
-    SM_ASSERT(F1 && F2);
+    if (!F1 || !F2) {
+        sm_free(F1), sm_free(F2);
+        return sm_fail(SM_ERR_ALLOC, "monarch: out of memory in to_dense");
+    }
     sm_factor_decode(&mo->f1, F1, p);
     sm_factor_decode(&mo->f2, F2, Q);
     // Block (k, l) (s, p) = f2[l][:, k T .. k T + T) (s, T) times rows k Q + t K + l of f1.
@@ -206,6 +214,7 @@ static void monarch_to_dense(const sm_op *op, float *W) {
                         F2 + l * s * Q + k * T, (int)Q, F1 + (k * Q + l) * p, (int)(K * p), 0.0f,
                         W + l * n + k * p, (int)(K * n));
     sm_free(F1), sm_free(F2);
+    return SM_OK;
 }
 
 static int64_t monarch_nparams(const sm_op *op) {

@@ -72,7 +72,7 @@ static sm_status fit_term(const sm_term *t, const float *W, int64_t m, int64_t n
     if (!op) return sm_fail(SM_ERR_ALLOC, "out of memory");
     st = vt->fit(op, t, W, o);
     if (st == SM_OK && !op->spec) {
-        char buf[512];
+        char buf[1024]; // a parsed term prints in at most 800 bytes
         sm_term_print(t, buf, sizeof buf);
         op->spec = strdup(buf);
     }
@@ -142,17 +142,20 @@ static size_t sum_workspace(const sm_op *op, int64_t N) {
     return big + sub;
 }
 
-static void sum_to_dense(const sm_op *op, float *W) {
+static sm_status sum_to_dense(const sm_op *op, float *W) {
     const sum_impl *s = op->impl;
     int64_t mn = op->m * op->n;
-    s->terms[0]->vt->to_dense(s->terms[0], W);
-    float *tmp = sm_alloc((size_t)mn * sizeof(float));
-    SM_ASSERT(tmp); // to_dense of a sum needs one extra matrix
-    for (int i = 1; i < s->k; i++) {
-        s->terms[i]->vt->to_dense(s->terms[i], tmp);
-        for (int64_t j = 0; j < mn; j++) W[j] += tmp[j];
+    float *tmp = sm_alloc((size_t)mn * sizeof(float)); // to_dense of a sum needs one extra matrix
+    if (!tmp) return sm_fail(SM_ERR_ALLOC, "to_dense: out of memory for a %lldx%lld matrix",
+                             (long long)op->m, (long long)op->n);
+    sm_status st = s->terms[0]->vt->to_dense(s->terms[0], W);
+    for (int i = 1; i < s->k && st == SM_OK; i++) {
+        st = s->terms[i]->vt->to_dense(s->terms[i], tmp);
+        if (st == SM_OK)
+            for (int64_t j = 0; j < mn; j++) W[j] += tmp[j];
     }
     sm_free(tmp);
+    return st;
 }
 
 #define SUM_TOTAL(fn)                                                                            \
@@ -198,11 +201,24 @@ const sm_op_vtbl sm_vtbl_sum = {
 
 // --- public entry points --------------------------------------------------------------------
 
-static sm_status check_finite(const float *W, int64_t count) {
-    for (int64_t i = 0; i < count; i++)
+static sm_status check_finite(const float *W, int64_t m, int64_t n) {
+    for (int64_t i = 0; i < m * n; i++)
         if (!isfinite(W[i]))
-            return sm_fail(SM_ERR_NUMERIC, "the matrix has a non-finite value (%g) at index %lld",
-                           (double)W[i], (long long)i);
+            return sm_fail(SM_ERR_NUMERIC,
+                           "the matrix has a non-finite value (%g) at index %lld (row %lld, "
+                           "column %lld)",
+                           (double)W[i], (long long)i, (long long)(i / n), (long long)(i % n));
+    return SM_OK;
+}
+
+// BLAS and LAPACK take 32-bit int dimensions: a longer side would be truncated there, so it is
+// refused here, before anything is read or allocated. (With both sides <= INT_MAX, m n and the
+// byte count m n 4 fit in int64_t and size_t.)
+static sm_status check_sides(const char *what, int64_t m, int64_t n) {
+    if (m > INT_MAX || n > INT_MAX)
+        return sm_fail(SM_ERR_UNSUPPORTED,
+                       "%s: a %lldx%lld matrix has a side longer than %d, the most BLAS and LAPACK "
+                       "take", what, (long long)m, (long long)n, INT_MAX);
     return SM_OK;
 }
 
@@ -212,9 +228,11 @@ sm_status sm_op_fit(const float *W, int64_t m, int64_t n, const char *spec,
     if (!W || m <= 0 || n <= 0)
         return sm_fail(SM_ERR_ARG, "fit: need a matrix with m, n >= 1 (got %lldx%lld)",
                        (long long)m, (long long)n);
+    sm_status st = check_sides("fit", m, n);
+    if (st != SM_OK) return st;
     sm_fit_opts def = {.seed = 0x5eed};
     if (!opts) opts = &def;
-    sm_status st = check_finite(W, m * n);
+    st = check_finite(W, m, n);
     if (st != SM_OK) return st;
     sm_spec *sp;
     st = sm_spec_parse(spec, &sp);
@@ -243,8 +261,9 @@ sm_status sm_op_fit(const float *W, int64_t m, int64_t n, const char *spec,
             st = fit_term(&sp->terms[i], resid, m, n, opts, &s->terms[i]);
             if (st != SM_OK) break;
             s->k++;
-            s->terms[i]->vt->to_dense(s->terms[i], dense);
-            for (int64_t j = 0; j < m * n; j++) resid[j] -= dense[j];
+            if (i + 1 == sp->nterms) break; // the last residual is not needed
+            st = s->terms[i]->vt->to_dense(s->terms[i], dense);
+            for (int64_t j = 0; j < m * n && st == SM_OK; j++) resid[j] -= dense[j];
         }
         if (st == SM_OK) st = build_sum_spec(op);
     }
@@ -252,7 +271,7 @@ sm_status sm_op_fit(const float *W, int64_t m, int64_t n, const char *spec,
     sm_free(dense);
     sm_spec_free(sp);
     if (st != SM_OK) {
-        if (op && !op->impl) free(s);
+        if (!op || !op->impl) free(s);
         sm_op_free(op);
         return st;
     }
@@ -282,6 +301,8 @@ size_t sm_op_workspace(const sm_op *op, int64_t N) {
     return op->vt->workspace(op, N);
 }
 
+int64_t sm_apply_chunk_rows = 0;
+
 static sm_status run_apply(const sm_op *op, int64_t N, const float *in, float *out, float *work,
                            bool transposed) {
     SM_ASSERT(op);
@@ -295,10 +316,20 @@ static sm_status run_apply(const sm_op *op, int64_t N, const float *in, float *o
         if (!own) return sm_fail(SM_ERR_ALLOC, "apply: out of memory for workspace");
         work = own;
     }
-    if (transposed)
-        op->vt->apply_t(op, N, in, out, work);
-    else
-        op->vt->apply(op, N, in, out, work);
+    // Rows are independent, so a batch too tall for BLAS's int dimensions (some structures pass
+    // N times a side as a row count) runs as several shorter ones; work fits each chunk.
+    int64_t side = op->m > op->n ? op->m : op->n, chunk = INT_MAX / side;
+    if (sm_apply_chunk_rows > 0 && sm_apply_chunk_rows < chunk) chunk = sm_apply_chunk_rows;
+    int64_t ld_in = transposed ? op->m : op->n, ld_out = transposed ? op->n : op->m;
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+        int64_t rows = N - r0 < chunk ? N - r0 : chunk;
+        const float *x = in + r0 * ld_in;
+        float *y = out + r0 * ld_out;
+        if (transposed)
+            op->vt->apply_t(op, rows, x, y, work);
+        else
+            op->vt->apply(op, rows, x, y, work);
+    }
     sm_free(own);
     return SM_OK;
 }
@@ -312,8 +343,8 @@ sm_status sm_op_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, fl
 }
 
 sm_status sm_op_to_dense(const sm_op *op, float *W) {
-    op->vt->to_dense(op, W);
-    return SM_OK;
+    SM_ASSERT(op && W);
+    return op->vt->to_dense(op, W);
 }
 
 sm_status sm_op_parts(const sm_op *op, sm_part **parts, int *nparts) {
@@ -331,7 +362,7 @@ static sm_status load_term(const sm_term *t, int64_t m, int64_t n, const sm_part
     sm_status st = sm_term_check_keys(t, vt->keys);
     if (st != SM_OK) return st;
     sm_op *op = new_op(vt, m, n);
-    char buf[512];
+    char buf[1024]; // a parsed term prints in at most 800 bytes
     sm_term_print(t, buf, sizeof buf);
     if (!op || !(op->spec = strdup(buf))) {
         sm_op_free(op);
@@ -352,8 +383,10 @@ sm_status sm_op_from_parts(const char *spec, int64_t m, int64_t n, const sm_part
     if (m <= 0 || n <= 0)
         return sm_fail(SM_ERR_SHAPE, "operator shape %lldx%lld is not positive", (long long)m,
                        (long long)n);
+    sm_status st = check_sides("operator", m, n);
+    if (st != SM_OK) return st;
     sm_spec *sp;
-    sm_status st = sm_spec_parse(spec, &sp);
+    st = sm_spec_parse(spec, &sp);
     if (st != SM_OK) return st;
     if (sp->nterms == 1) {
         st = load_term(&sp->terms[0], m, n, parts, nparts, out);
@@ -376,13 +409,16 @@ sm_status sm_op_from_parts(const char *spec, int64_t m, int64_t n, const sm_part
                 ns++;
             }
         st = load_term(&sp->terms[i], m, n, sub, ns, &s->terms[i]);
-        if (st == SM_OK) s->k++;
+        if (st == SM_OK)
+            s->k++;
+        else // the structure names parts without the prefix: say which term they belong to
+            sm_error_prefix("term %d (parts \"%s*\"): ", i, pre);
     }
     if (st == SM_OK) st = build_sum_spec(op);
     free(sub);
     sm_spec_free(sp);
     if (st != SM_OK) {
-        if (op && !op->impl) free(s);
+        if (!op || !op->impl) free(s);
         sm_op_free(op);
         return st;
     }

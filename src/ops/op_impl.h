@@ -6,6 +6,8 @@
 #include "../kernels/kernels.h"
 #include "spec.h"
 
+#include <limits.h>
+
 struct sm_op {
     const struct sm_op_vtbl *vt;
     int64_t m, n; // rows = out features, cols = in features
@@ -21,12 +23,14 @@ typedef struct sm_op_vtbl {
     sm_status (*fit)(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o);
     // Rebuilds op->impl from parts (names without any sum prefix); op->spec is set.
     sm_status (*load)(sm_op *op, const sm_term *t, const sm_part *parts, int nparts);
-    // Y (N, m) = X (N, n) W^T; work has workspace(N) floats.
+    // Y (N, m) = X (N, n) W^T; work has workspace(N) floats. N * max(m, n) <= INT_MAX (larger
+    // batches are cut into chunks by sm_op_apply), so N times a side may be passed to BLAS.
     void (*apply)(const sm_op *op, int64_t N, const float *X, float *Y, float *work);
     // X (N, n) = Y (N, m) W
     void (*apply_t)(const sm_op *op, int64_t N, const float *Y, float *X, float *work);
     size_t (*workspace)(const sm_op *op, int64_t N);
-    void (*to_dense)(const sm_op *op, float *W);
+    // SM_ERR_ALLOC (never an abort) when its scratch cannot be allocated.
+    sm_status (*to_dense)(const sm_op *op, float *W);
     int64_t (*nparams)(const sm_op *op);
     int64_t (*nbytes)(const sm_op *op);
     int64_t (*macs)(const sm_op *op);
@@ -95,6 +99,10 @@ sm_status sm_resolve_block_rank(const sm_term *t, int64_t m, int64_t n, int64_t 
 
 // Finds a part by name; SM_ERR_FORMAT naming it when absent.
 const sm_part *sm_parts_find(const sm_part *parts, int nparts, const char *name);
+
+// Rows per call that sm_op_apply / _apply_t hand to a structure: 0 means the BLAS limit
+// INT_MAX / max(m, n); tests set a small value to exercise the chunked path.
+extern int64_t sm_apply_chunk_rows;
 
 // Sets op->spec from a canonical builder.
 sm_status sm_op_set_spec(sm_op *op, const sm_canon *c);
