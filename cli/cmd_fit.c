@@ -48,65 +48,13 @@ static double rel_error(const float *W, const float *D, int64_t n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-int cmd_fit(int argc, char **argv) {
-    cli_common c = {.seed = 24301};
-    const char *path = NULL, *spec = NULL;
-    const char **names = calloc((size_t)argc + 1, sizeof *names);
-    int nnames = 0;
-    bool all = false;
-    for (int i = 1; i < argc; i++) {
-        int r = cli_common_arg(&c, argc, argv, &i);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        if (cli_is_help(argv[i])) {
-            usage(stdout);
-            return 0;
-        }
-        if (strcmp(argv[i], "--tensor") == 0) {
-            if (!(names[nnames++] = cli_value(argc, argv, &i))) return 2;
-        } else if (strcmp(argv[i], "--spec") == 0) {
-            if (!(spec = cli_value(argc, argv, &i))) return 2;
-        } else if (strcmp(argv[i], "--all") == 0) {
-            all = true;
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr, "structmat fit: unknown option %s\n", argv[i]);
-            return 2;
-        } else if (!path) {
-            path = argv[i];
-        } else {
-            fprintf(stderr, "structmat fit: one PATH only\n");
-            return 2;
-        }
-    }
-    if (!path || !spec || (!all && !nnames) || (all && nnames)) {
-        fprintf(stderr, "structmat fit: need PATH, --spec and either --tensor or --all\n\n");
-        usage(stderr);
-        return 2;
-    }
-    sm_set_threads(c.threads);
-    sm_spec *parsed;
-    if (sm_spec_parse(spec, &parsed) != SM_OK) return cli_fail("fit", NULL);
-    sm_spec_free(parsed);
-    sm_st *st;
-    if (sm_st_open(path, &st) != SM_OK) return cli_fail("fit", NULL);
-    if (all) {
-        free(names);
-        names = calloc((size_t)sm_st_count(st) + 1, sizeof *names);
-        for (int i = 0; i < sm_st_count(st); i++) {
-            const sm_tensor_info *t = sm_st_get(st, i);
-            if (t->ndim == 2 && !is_embedding(t->name)) names[nnames++] = t->name;
-        }
-    }
-    for (int j = 0; j < nnames; j++) {
-        const sm_tensor_info *t = sm_st_find(st, names[j]);
-        if (!t || t->ndim != 2) {
-            fprintf(stderr, "structmat fit: %s: %s \"%s\"\n", path,
-                    t ? "not a matrix:" : "no tensor named", names[j]);
-            sm_st_close(st);
-            return 1;
-        }
-    }
+// Fits names[0..nnames) of st (checked to be 2-D tensors), prints a row each and the summary,
+// and writes the operators to c->out if asked.
+static int fit_list(const cli_common *cp, const sm_st *st, const char *spec, const char **names,
+                    int nnames) {
+    const cli_common c = *cp;
     sm_op **ops = calloc((size_t)nnames + 1, sizeof *ops);
+    if (!ops) return cli_fail("fit", "out of memory");
     if (!c.json)
         printf("%-44s %-28s %-11s %9s %9s %9s %6s %9s %8s\n", "tensor", "spec", "shape",
                "rel_error", "params", "bytes", "bpw", "macs", "fit_s");
@@ -120,24 +68,32 @@ int cmd_fit(int argc, char **argv) {
         const sm_tensor_info *t = sm_st_find(st, names[j]);
         int64_t m = t->shape[0], n = t->shape[1], cnt;
         sm_progress_step(&pr, j, t->name);
-        float *W = NULL, *D = malloc(sizeof(float) * (size_t)(m * n));
-        if (!D || sm_st_read_f32(st, t->name, &W, &cnt) != SM_OK) {
+        // The tensor first (its dtype may be unreadable; then the shape means nothing), and
+        // the fit before the second buffer, which sm_op_fit's shape checks make safe to size.
+        float *W = NULL, *D = NULL;
+        char what[300];
+        snprintf(what, sizeof what, "%s (%lldx%lld)", t->name, (long long)m, (long long)n);
+        if (sm_st_read_f32(st, t->name, &W, &cnt) != SM_OK) {
             sm_progress_end(&pr);
             rc = cli_fail("fit", t->name);
-            free(D);
             break;
         }
         double t0 = sm_now();
         if (sm_op_fit(W, m, n, spec, &fo, &ops[j]) != SM_OK) {
             sm_progress_end(&pr);
-            char what[300];
-            snprintf(what, sizeof what, "%s (%lldx%lld)", t->name, (long long)m, (long long)n);
             rc = cli_fail("fit", what);
-            free(W), free(D);
+            free(W);
             break;
         }
         double secs = sm_now() - t0;
-        sm_op_to_dense(ops[j], D);
+        D = malloc(sizeof(float) * (size_t)(m * n));
+        if (!D || sm_op_to_dense(ops[j], D) != SM_OK) {
+            sm_progress_end(&pr);
+            if (!D) fprintf(stderr, "structmat fit: %s: out of memory\n", what);
+            rc = D ? cli_fail("fit", what) : 1;
+            free(W), free(D);
+            break;
+        }
         double err = rel_error(W, D, m * n), energy = 0;
         for (int64_t i = 0; i < m * n; i++) energy += (double)W[i] * W[i];
         free(W), free(D);
@@ -193,7 +149,100 @@ int cmd_fit(int argc, char **argv) {
     }
     for (int j = 0; j < nnames; j++) sm_op_free(ops[j]);
     free(ops);
-    free(names);
+    return rc;
+}
+
+// The tensors to fit: names, or with all every 2-D weight but the embedding; then fit_list.
+static int fit_checkpoint(const cli_common *c, const char *path, const char *spec,
+                          const char **names, int nnames, bool all) {
+    sm_st *st;
+    if (sm_st_open(path, &st) != SM_OK) return cli_fail("fit", NULL);
+    const char **list = names;
+    int rc = 0;
+    if (all) {
+        list = calloc((size_t)sm_st_count(st) + 1, sizeof *list);
+        if (!list) {
+            sm_st_close(st);
+            return cli_fail("fit", "out of memory");
+        }
+        for (int i = 0; i < sm_st_count(st); i++) {
+            const sm_tensor_info *t = sm_st_get(st, i);
+            if (t->ndim == 2 && !is_embedding(t->name)) list[nnames++] = t->name;
+        }
+        if (nnames == 0) {
+            fprintf(stderr, "structmat fit: %s: no 2-D weights to fit\n", path);
+            rc = 1;
+        }
+    }
+    for (int j = 0; j < nnames && rc == 0; j++) {
+        const sm_tensor_info *t = sm_st_find(st, list[j]);
+        if (!t || t->ndim != 2) {
+            fprintf(stderr, "structmat fit: %s: %s \"%s\"\n", path,
+                    t ? "not a matrix:" : "no tensor named", list[j]);
+            rc = 1;
+        }
+    }
+    if (rc == 0) rc = fit_list(c, st, spec, list, nnames);
+    if (list != names) free(list);
     sm_st_close(st);
+    return rc;
+}
+
+// Options; names has room for every argument.
+static int fit_args(int argc, char **argv, const char **names) {
+    cli_common c = {.seed = 24301};
+    const char *path = NULL, *spec = NULL;
+    int nnames = 0;
+    bool all = false;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (cli_is_help(argv[i])) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--tensor") == 0) {
+            if (!(names[nnames++] = cli_value(argc, argv, &i))) return 2;
+        } else if (strcmp(argv[i], "--spec") == 0) {
+            if (!(spec = cli_value(argc, argv, &i))) return 2;
+        } else if (strcmp(argv[i], "--all") == 0) {
+            all = true;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "structmat fit: unknown option %s\n", argv[i]);
+            return 2;
+        } else if (!path) {
+            path = argv[i];
+        } else {
+            fprintf(stderr, "structmat fit: one PATH only\n");
+            return 2;
+        }
+    }
+    if (!path || !spec || (!all && !nnames) || (all && nnames)) {
+        fprintf(stderr, "structmat fit: need PATH, --spec and either --tensor or --all\n\n");
+        usage(stderr);
+        return 2;
+    }
+    // Each name is one operator of the output: a repeat would be fitted twice and then refused.
+    for (int j = 0; j < nnames; j++)
+        for (int k = 0; k < j; k++)
+            if (strcmp(names[j], names[k]) == 0) {
+                fprintf(stderr, "structmat fit: --tensor %s is given twice\n", names[j]);
+                return 2;
+            }
+    // Refuse an output that cannot be written now, not after every fit.
+    if (c.out && cli_check_output("fit", c.out, c.force)) return 1;
+    sm_set_threads(c.threads);
+    sm_spec *parsed;
+    if (sm_spec_parse(spec, &parsed) != SM_OK) return cli_fail("fit", NULL);
+    sm_spec_free(parsed);
+    return fit_checkpoint(&c, path, spec, names, nnames, all);
+}
+
+int cmd_fit(int argc, char **argv) {
+    const char **names = calloc((size_t)argc + 1, sizeof *names);
+    if (!names) return cli_fail("fit", "out of memory");
+    int rc = fit_args(argc, argv, names);
+    free(names);
     return rc;
 }

@@ -56,11 +56,15 @@ static int list_items(const sm_st *st, item *out) {
         sm_st_meta_get(st, i, &k, &v);
         const char *pre = "structmat.spec.";
         if (strncmp(k, pre, strlen(pre)) != 0) continue;
-        char key[600];
-        long long r, c;
-        snprintf(key, sizeof key, "structmat.shape.%s", k + strlen(pre));
-        const char *shape = sm_st_meta(st, key);
-        if (!shape || sscanf(shape, "%lld,%lld", &r, &c) != 2) continue; // load reports it
+        // Listed even when its shape is missing or malformed: then sm_op_load says what is wrong
+        // (skipping it would list its parts as plain tensors and hide the fault).
+        char *key = NULL;
+        long long r = 0, c = 0;
+        const char *shape = NULL;
+        if (asprintf(&key, "structmat.shape.%s", k + strlen(pre)) >= 0)
+            shape = sm_st_meta(st, key);
+        free(key);
+        if (!shape || sscanf(shape, "%lld,%lld", &r, &c) != 2) r = c = 0;
         out[n++] = (item){k + strlen(pre), v, r, c, true};
     }
     int nops = n;
@@ -86,56 +90,30 @@ static sm_status read_matrix(const sm_st *st, const item *it, float **W) {
     sm_op *op;
     sm_status s = sm_op_load(st, it->name, &op);
     if (s != SM_OK) return s;
-    *W = malloc(sizeof(float) * (size_t)(it->rows * it->cols));
-    if (!*W) s = SM_ERR_ALLOC;
-    else s = sm_op_to_dense(op, *W);
+    // Sized from the loaded operator, whose shape sm_op_load has checked.
+    *W = malloc(sizeof(float) * (size_t)(sm_op_rows(op) * sm_op_cols(op)));
+    if (!*W)
+        s = sm_fail(SM_ERR_ALLOC, "out of memory for a %lldx%lld matrix",
+                    (long long)sm_op_rows(op), (long long)sm_op_cols(op));
+    else
+        s = sm_op_to_dense(op, *W);
     sm_op_free(op);
     return s;
 }
 
-int cmd_inspect(int argc, char **argv) {
-    cli_common c = {0};
-    const char *path = NULL;
-    const char **only = calloc((size_t)argc + 1, sizeof *only);
-    int nonly = 0;
-    for (int i = 1; i < argc; i++) {
-        int r = cli_common_arg(&c, argc, argv, &i);
-        if (r < 0) return 2;
-        if (r > 0) continue;
-        if (cli_is_help(argv[i])) {
-            usage(stdout);
-            return 0;
-        }
-        if (strcmp(argv[i], "--tensor") == 0) {
-            if (!(only[nonly++] = cli_value(argc, argv, &i))) return 2;
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr, "structmat inspect: unknown option %s\n", argv[i]);
-            return 2;
-        } else if (!path) {
-            path = argv[i];
-        } else {
-            fprintf(stderr, "structmat inspect: one PATH only\n");
-            return 2;
-        }
-    }
-    if (!path) {
-        usage(stderr);
-        return 2;
-    }
-    sm_set_threads(c.threads);
-    sm_st *st;
-    if (sm_st_open(path, &st) != SM_OK) return cli_fail("inspect", NULL);
-    item *items = calloc((size_t)(sm_st_count(st) + sm_st_meta_count(st) + 1), sizeof *items);
-    int n = list_items(st, items), todo = 0;
+// Analyses the selected items (every one when nonly is 0) and prints rows and the summary.
+static int inspect_items(const cli_common *cp, const sm_st *st, const char *path,
+                         const item *items, int n, const char **only, int nonly) {
+    const cli_common c = *cp;
     for (int j = 0; j < nonly; j++) {
         bool found = false;
         for (int i = 0; i < n; i++) found |= strcmp(items[i].name, only[j]) == 0;
         if (!found) {
             fprintf(stderr, "structmat inspect: %s: no matrix named \"%s\"\n", path, only[j]);
-            sm_st_close(st);
             return 1;
         }
     }
+    int todo = 0;
     for (int i = 0; i < n; i++) todo += selected(&items[i], only, nonly);
     if (!c.json)
         printf("%-44s %-11s %-14s %9s %9s %8s %8s %5s %5s %8s %8s %7s\n", "tensor", "shape",
@@ -211,8 +189,57 @@ int cmd_inspect(int argc, char **argv) {
                done, (long long)params, ma, done ? sum_stable / done : 0.0,
                done ? 100.0 * sum_erank_frac / done : 0.0);
     }
-    sm_st_close(st);
+    return rc;
+}
+
+// Options; only has room for every argument.
+static int inspect_args(int argc, char **argv, const char **only) {
+    cli_common c = {0};
+    const char *path = NULL;
+    int nonly = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_arg(&c, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (cli_is_help(argv[i])) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--tensor") == 0) {
+            if (!(only[nonly++] = cli_value(argc, argv, &i))) return 2;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "structmat inspect: unknown option %s\n", argv[i]);
+            return 2;
+        } else if (!path) {
+            path = argv[i];
+        } else {
+            fprintf(stderr, "structmat inspect: one PATH only\n");
+            return 2;
+        }
+    }
+    if (!path) {
+        usage(stderr);
+        return 2;
+    }
+    sm_set_threads(c.threads);
+    sm_st *st;
+    if (sm_st_open(path, &st) != SM_OK) return cli_fail("inspect", NULL);
+    item *items = calloc((size_t)(sm_st_count(st) + sm_st_meta_count(st) + 1), sizeof *items);
+    if (!items) {
+        sm_st_close(st);
+        return cli_fail("inspect", "out of memory");
+    }
+    int rc = inspect_items(&c, st, path, items, list_items(st, items), only, nonly);
     free(items);
+    sm_st_close(st);
+    return rc;
+}
+
+int cmd_inspect(int argc, char **argv) {
+    const char **only = calloc((size_t)argc + 1, sizeof *only);
+    if (!only) return cli_fail("inspect", "out of memory");
+    int rc = inspect_args(argc, argv, only);
     free(only);
     return rc;
 }
+

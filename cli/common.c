@@ -1,7 +1,11 @@
 #include "cli.h"
 
+#include <errno.h>
+#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 bool cli_is_help(const char *a) {
     return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 || strcmp(a, "help") == 0;
@@ -64,6 +68,31 @@ int cli_fail(const char *cmd, const char *what) {
     const char *e = sm_last_error();
     fprintf(stderr, "structmat %s: %s%s%s\n", cmd, what ? what : "", what && *e ? ": " : "", e);
     return 1;
+}
+
+int cli_check_output(const char *cmd, const char *path, bool force) {
+    struct stat sb;
+    if (!force && stat(path, &sb) == 0) {
+        fprintf(stderr, "structmat %s: %s: exists (use --force to replace it)\n", cmd, path);
+        return 1;
+    }
+    char *copy = strdup(path);
+    if (!copy) {
+        fprintf(stderr, "structmat %s: out of memory\n", cmd);
+        return 1;
+    }
+    const char *dir = dirname(copy);
+    int rc = 0;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "structmat %s: %s: the directory %s does not exist\n", cmd, path, dir);
+        rc = 1;
+    } else if (access(dir, W_OK) != 0) {
+        fprintf(stderr, "structmat %s: %s: cannot write to the directory %s: %s\n", cmd, path, dir,
+                strerror(errno));
+        rc = 1;
+    }
+    free(copy);
+    return rc;
 }
 
 void cli_json_str(FILE *f, const char *s) {
