@@ -224,10 +224,10 @@ static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool l
         sm_op_free(op);
         return 1;
     }
-    double rel[4];
-    sm_op_to_dense(op, D);
+    double rel[4] = {-1, -1, -1, -1}; // -1: to_dense or apply failed (a FAIL)
+    bool dense_ok = sm_op_to_dense(op, D) == SM_OK;
     for (int b = 0; b < o->nbatch; b++)
-        if (want[b]) rel[b] = check_apply(op, D, o->batch[b], X, Y, Yref, work);
+        if (want[b] && dense_ok) rel[b] = check_apply(op, D, o->batch[b], X, Y, Yref, work);
     sm_free(D);
 
     int fails = 0;
@@ -249,7 +249,7 @@ static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool l
         int reps = o->reps;
         if (reps <= 0) {
             double per_rep = tw * (double)mult;
-            reps = N == 1 ? 10 : (int)fmin(20, fmax(3, REP_BUDGET / per_rep));
+            reps = N == 1 ? 20 : (int)fmin(20, fmax(3, REP_BUDGET / per_rep));
         }
         apply_line l = {.spec = spec, .canonical = sm_op_spec(op), .shape = shape, .N = N,
                         .nbytes = sm_op_nbytes(op), .macs = sm_op_macs(op),

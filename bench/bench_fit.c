@@ -50,7 +50,11 @@ static fit_result fit_one(const bench_opts *o, const char *spec, const float *W,
         return r;
     }
     r.seconds = sm_now() - t0;
-    sm_op_to_dense(op, D);
+    if (sm_op_to_dense(op, D) != SM_OK) {
+        snprintf(r.error, sizeof r.error, "to_dense: %s", sm_last_error());
+        sm_op_free(op);
+        return r;
+    }
     double num = 0, den = 0;
     for (int64_t i = 0; i < m * n; i++) {
         double d = (double)W[i] - (double)D[i];

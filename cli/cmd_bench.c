@@ -23,7 +23,7 @@ static void usage(FILE *f) {
             "  --quick            small shapes and working sets (a smoke test, seconds)\n"
             "  --filter SUBSTR    only results whose name contains SUBSTR; names are\n"
             "                     \"bandwidth\", \"apply SPEC MxN N=K\", \"fit SPEC MxN\"\n"
-            "  --reps N           timed repetitions per line (default: 10 passes for N = 1,\n"
+            "  --reps N           timed repetitions per line (default: 20 passes for N = 1,\n"
             "                     about 1 s worth for N = 64; --quick: 3)\n"
             "  --threads N        OpenMP and OpenBLAS threads (default 1; 0 = all cores)\n"
             "  --json             one JSON object per line: bench = machine | bandwidth | apply |\n"
