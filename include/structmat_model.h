@@ -1,0 +1,185 @@
+// structmat model runtime: Llama-family transformers in which every linear layer is an sm_op.
+//
+// A model (sm_model) holds the weights and is read-only once loaded, so several threads may run
+// their own contexts (sm_context: the activations and the KV cache of one sequence) on one model.
+// The linear layers are operators (include/structmat.h): dense as the checkpoint stores them today
+// (F32 -> "dense", BF16 -> "dense:dtype=bf16", F16 -> "dense:dtype=f16"), or any structure a
+// structmat checkpoint holds, with no change to the runtime.
+//
+// Usage (error checks shortened; every call returns an sm_status):
+//
+//     sm_model *model;
+//     if (sm_model_load("models/shakespeare-llama-3m", &model) != SM_OK) {
+//         fprintf(stderr, "%s\n", sm_last_error());
+//         return 1;
+//     }
+//     sm_model_info info;
+//     sm_model_get_info(model, &info);
+//     sm_tokenizer *tok;                         // byte-level here (vocab 256, no tokenizer file)
+//     sm_tokenizer_load_for_model("models/shakespeare-llama-3m", model, &tok);
+//     int32_t *ids;                              // (n) token ids, free() them
+//     int64_t n;
+//     sm_tokenizer_encode(tok, "ROMEO:\n", 7, true, &ids, &n);  // BOS only if the vocab has one
+//     sm_context *ctx;
+//     sm_context_init(model, 0, 0, &ctx);        // default context and batch sizes
+//     float *logits = malloc(info.vocab_size * sizeof(float));   // (vocab)
+//     sm_context_forward(ctx, ids, n, SM_LOGITS_LAST, logits);  // prefill: one batch, GEMMs
+//     sm_sampler *smp;
+//     sm_sampler_init(&(sm_sampler_params){.temperature = 0.8f, .top_p = 0.95f, .seed = 42},
+//                     info.vocab_size, &smp);
+//     int32_t prev = ids[n - 1];
+//     while (sm_context_pos(ctx) < sm_context_size(ctx)) {
+//         int32_t next = sm_sampler_sample(smp, logits);
+//         if (next == info.eos_id) break;
+//         size_t len;
+//         const char *piece = sm_tokenizer_decode(tok, prev, next, &len);
+//         fwrite(piece, 1, len, stdout);
+//         sm_context_forward(ctx, &next, 1, SM_LOGITS_LAST, logits);  // decode: one token
+//         prev = next;
+//     }
+//     free(logits); free(ids);
+//     sm_sampler_free(smp); sm_context_free(ctx); sm_tokenizer_free(tok); sm_model_free(model);
+//
+// Numerics: activations, the KV cache and all sums are F32 (RMSNorm's mean of squares in double);
+// weights stay in the dtype they are stored in and are decoded inside the operator kernels.
+#ifndef STRUCTMAT_MODEL_H
+#define STRUCTMAT_MODEL_H
+
+#include "structmat.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// --- models -------------------------------------------------------------------------------------
+
+typedef struct sm_model sm_model;
+
+// Rotary embedding layouts. HALF: a head's dimension i pairs with i + head_dim/2 (Hugging Face's
+// rotate_half, every config.json checkpoint); INTERLEAVED: 2i pairs with 2i+1 (llama2.c, Meta).
+typedef enum sm_rope_layout { SM_ROPE_HALF = 0, SM_ROPE_INTERLEAVED = 1 } sm_rope_layout;
+
+typedef struct sm_model_info {
+    char arch[16];   // "llama" or "qwen2" (model_type; llama2.c checkpoints: "llama")
+    char format[16]; // "safetensors" or "llama2c"
+    int64_t dim;        // hidden size
+    int64_t hidden_dim; // MLP intermediate size
+    int64_t n_layers, n_heads, n_kv_heads, head_dim;
+    int64_t vocab_size;
+    int64_t max_seq_len; // trained context: max_position_embeddings, or llama2.c's seq_len
+    double rms_eps, rope_theta;
+    sm_rope_layout rope_layout;
+    bool tied;     // the output head shares the token embedding
+    bool qkv_bias; // q, k and v projections have biases (Qwen2)
+    // From config.json (-1 when null or absent). llama2.c checkpoints: bos 1, eos 2, as its
+    // tokenizer.bin defines them (llama2.c's own run.c stops generating at BOS).
+    int32_t bos_id, eos_id;
+    int64_t n_linear;      // 7 n_layers + 1 operators (see sm_model_linear)
+    int64_t linear_params; // sums over the linear operators, lm_head included (DESIGN.md's size)
+    int64_t linear_bytes;
+    int64_t embed_bytes;   // the token embedding table (0 when it is a view of a tied lm_head)
+    int64_t other_bytes;   // norms and biases (F32)
+} sm_model_info;
+
+// Loads a model from
+//   - a Hugging Face directory: config.json + model.safetensors, or shards listed in
+//     model.safetensors.index.json (F32, F16, BF16 tensors; structmat operators as stored);
+//   - a .safetensors or .safetensors.index.json file with config.json next to it;
+//   - a llama2.c checkpoint (.bin): the legacy header (version 0) or version 1 (magic "ak42").
+// Inputs are validated against the config: missing keys or tensors, shapes that contradict it,
+// an unknown architecture, a file too short are errors naming the file.
+sm_status sm_model_load(const char *path, sm_model **out);
+void sm_model_free(sm_model *m);
+void sm_model_get_info(const sm_model *m, sm_model_info *info);
+
+// The linear layers, i in [0, 7 n_layers]: layer l has q, k, v, o, gate, up, down at 7 l + 0..6
+// (llama2.c's wq, wk, wv, wo, w1, w3, w2), and i = 7 n_layers is the output head. Names are the
+// Hugging Face tensor names ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight").
+const sm_op *sm_model_linear(const sm_model *m, int64_t i);
+const char *sm_model_linear_name(const sm_model *m, int64_t i);
+// Replaces linear layer i by op (same shape; the model takes ownership on success and frees the
+// old operator). Refused while a context of the model exists (contexts size their scratch for
+// the operators they were created with). Replacing a tied lm_head unties it.
+sm_status sm_model_linear_set(sm_model *m, int64_t i, sm_op *op);
+
+// --- contexts: one sequence's activations and KV cache --------------------------------------------
+
+typedef struct sm_context sm_context;
+
+// n_ctx: positions the KV cache holds (0: min(max_seq_len, 4096); at most max_seq_len).
+// n_batch: tokens per forward step (0: min(n_ctx, 512)); longer inputs run in steps of n_batch.
+// Everything a forward pass needs is allocated here, in one arena: no allocation per token.
+sm_status sm_context_init(const sm_model *m, int64_t n_ctx, int64_t n_batch, sm_context **out);
+void sm_context_free(sm_context *c);
+int64_t sm_context_size(const sm_context *c); // n_ctx
+int64_t sm_context_pos(const sm_context *c);  // tokens in the cache so far
+size_t sm_context_nbytes(const sm_context *c); // bytes of its arena (KV cache included)
+// Keeps the first pos tokens of the cache and forgets the rest (0: start a new sequence).
+sm_status sm_context_rewind(sm_context *c, int64_t pos);
+
+typedef enum sm_logits {
+    SM_LOGITS_NONE = 0, // only fill the cache
+    SM_LOGITS_LAST = 1, // logits (vocab) of the last token
+    SM_LOGITS_ALL = 2,  // logits (n, vocab) of every token
+} sm_logits;
+
+// Appends tokens (n) at positions pos .. pos + n - 1 and writes the logits asked for. The linear
+// layers see every step's tokens as one batch (GEMM), so n = 1 is the decode path and n > 1
+// prefill. Errors (nothing is changed): n = 0, an id outside [0, vocab), pos + n > n_ctx.
+sm_status sm_context_forward(sm_context *c, const int32_t *tokens, int64_t n, sm_logits which,
+                             float *logits);
+
+// --- tokenizers ------------------------------------------------------------------------------------
+
+typedef struct sm_tokenizer sm_tokenizer;
+
+// Byte-level: 256 tokens, token = byte, no BOS or EOS.
+sm_status sm_tokenizer_init_bytes(sm_tokenizer **out);
+// A llama2.c tokenizer.bin: int32 max_token_length, then per token float score, int32 length and
+// the bytes. vocab_size > 0 is the model's (the file does not store it; it must hold exactly
+// that many tokens), 0 reads tokens to the end of the file. BOS = 1, EOS = 2.
+sm_status sm_tokenizer_load(const char *path, int64_t vocab_size, sm_tokenizer **out);
+// The tokenizer of a model loaded from model_path: tokenizer.bin in its directory (or next to a
+// llama2.c .bin), else byte-level when the vocabulary has 256 tokens, else SM_ERR_NOT_FOUND.
+sm_status sm_tokenizer_load_for_model(const char *model_path, const sm_model *m,
+                                      sm_tokenizer **out);
+void sm_tokenizer_free(sm_tokenizer *t);
+int64_t sm_tokenizer_vocab_size(const sm_tokenizer *t);
+int32_t sm_tokenizer_bos(const sm_tokenizer *t); // -1 when none
+int32_t sm_tokenizer_eos(const sm_tokenizer *t); // -1 when none
+// text (len bytes) -> *ids (*n), malloc'd (free() it). add_bos prepends BOS when there is one.
+// tokenizer.bin: as llama2.c's run.c: a " " prefix, UTF-8 characters (else byte tokens <0xNN>),
+// then repeatedly the highest-scoring adjacent pair that is a token is merged (leftmost on ties).
+sm_status sm_tokenizer_encode(const sm_tokenizer *t, const char *text, size_t len, bool add_bos,
+                              int32_t **ids, int64_t *n);
+// The bytes of token id (*len of them, not NUL-terminated; owned by t). prev is the token before
+// it (-1: none): after BOS a piece's leading space is dropped; "<0xNN>" pieces are the byte NN.
+// An id outside the vocabulary gives "" (len 0).
+const char *sm_tokenizer_decode(const sm_tokenizer *t, int32_t prev, int32_t id, size_t *len);
+
+// --- sampling ----------------------------------------------------------------------------------------
+
+typedef struct sm_sampler sm_sampler;
+
+typedef struct sm_sampler_params {
+    float temperature; // <= 0: greedy (argmax, ties to the lowest id)
+    float top_p;       // in (0, 1): nucleus sampling; <= 0 or >= 1: the whole distribution
+    uint64_t seed;     // the same seed and logits give the same tokens
+} sm_sampler_params;
+
+sm_status sm_sampler_init(const sm_sampler_params *p, int64_t vocab_size, sm_sampler **out);
+void sm_sampler_free(sm_sampler *s);
+// The next token for logits (vocab_size); no allocation.
+int32_t sm_sampler_sample(sm_sampler *s, const float *logits);
+
+// Index of the largest of x (n); ties go to the lowest index.
+int32_t sm_argmax(const float *x, int64_t n);
+// The k (<= n) largest of x (n) in decreasing order into ids (k); ties to the lowest index.
+void sm_topk(const float *x, int64_t n, int k, int32_t *ids);
+// log sum_i exp(x_i), in double (so NLL = sm_logsumexp(logits, V) - logits[target]).
+double sm_logsumexp(const float *x, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
