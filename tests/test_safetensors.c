@@ -2,6 +2,7 @@
 // directory: a write/read round trip of every dtype with metadata, a misaligned tensor, sharded
 // and multi-file checkpoints, every malformed-header fault (each must be refused naming the file
 // and the fault), truncations and byte flips that must never crash, and the shared model file.
+#include "base/base.h"
 #include "testutil.h"
 
 #include <dirent.h>
@@ -646,6 +647,54 @@ static void test_shared_model(void) {
     sm_st_close(st);
 }
 
+// A header of many small metadata keys opens in near-linear time (duplicate checks and lookups
+// by sorting, not by comparing every pair: 60000 keys took about 20 s that way, and a 100 MB
+// header could hold millions), keeps the header's order, and still finds a duplicate.
+static void test_many_metadata_keys(void) {
+    enum { NKEYS = 60000 };
+    char path[256];
+    join(path, sizeof path, "meta.safetensors");
+    size_t cap = (size_t)NKEYS * 32 + 256, len = 0;
+    char *h = malloc(cap);
+    len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{");
+    for (int i = 0; i < NKEYS; i++) // keys in an order unlike their sorted one
+        len += (size_t)snprintf(h + len, cap - len, "%s\"k%d\":\"v%d\"", i ? "," : "",
+                                (int)((i * 7919LL) % NKEYS), i);
+    size_t open_end = len;
+    len += (size_t)snprintf(h + len, cap - len, "}}");
+    write_st(path, h, len, NULL, 0, 0);
+    sm_st *st = NULL;
+    double t0 = sm_now();
+    CHECK_OK(sm_st_open(path, &st));
+    double secs = sm_now() - t0;
+    if (!(secs < 5.0)) {
+        fprintf(stderr, "opening %d metadata keys took %.1f s\n", NKEYS, secs);
+        g_failures++;
+    }
+    if (st) {
+        CHECK(sm_st_meta_count(st) == NKEYS);
+        const char *k, *v;
+        sm_st_meta_get(st, 1, &k, &v);
+        CHECK(!strcmp(k, "k7919") && !strcmp(v, "v1"));
+        for (int i = 0; i < NKEYS; i += 997) {
+            char key[32], want[32];
+            snprintf(key, sizeof key, "k%d", (int)((i * 7919LL) % NKEYS));
+            snprintf(want, sizeof want, "v%d", i);
+            const char *got = sm_st_meta(st, key);
+            CHECK(got && !strcmp(got, want));
+        }
+        CHECK(sm_st_meta(st, "k") == NULL && sm_st_meta(st, "k60000") == NULL);
+    }
+    sm_st_close(st);
+    // The same keys plus a repeat of one in the middle of the sorted order.
+    len = open_end + (size_t)snprintf(h + open_end, cap - open_end, ",\"k30000\":\"x\"}}");
+    write_st(path, h, len, NULL, 0, 0);
+    st = NULL;
+    CHECK_FAIL(sm_st_open(path, &st), SM_ERR_FORMAT, "duplicate __metadata__ key \"k30000\"");
+    CHECK(st == NULL);
+    free(h);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/sm-test-st-XXXXXX");
     if (!mkdtemp(g_dir)) {
@@ -658,6 +707,7 @@ int main(void) {
     test_malformed();
     test_fuzz();
     test_shared_model();
+    test_many_metadata_keys();
     remove_tree(g_dir);
     TEST_END();
 }

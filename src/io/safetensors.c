@@ -27,6 +27,13 @@ typedef struct st_file {
     const char **mkey, **mval;
 } st_file;
 
+// Metadata keys are looked up and checked for duplicates through sorted arrays: a header may
+// hold millions of keys, and pairwise comparison would take hours.
+typedef struct meta_ref {
+    const char *key, *value;
+    size_t seq; // position in the files' order
+} meta_ref;
+
 struct sm_st {
     int nfiles;
     st_file *files;
@@ -34,8 +41,20 @@ struct sm_st {
     sm_tensor_info *t;              // in header order, file by file
     const sm_tensor_info **by_name; // (count) into t, sorted by name, for sm_st_find
     int nmeta;
-    const char **mkey, **mval; // merged __metadata__, first file wins
+    const char **mkey, **mval; // merged __metadata__, first file wins, in the files' order
+    meta_ref *by_key;          // (nmeta) the same, sorted by key, for sm_st_meta
 };
+
+static int cmp_meta_ref(const void *a, const void *b) {
+    const meta_ref *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    return c ? c : (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+static int cmp_meta_seq(const void *a, const void *b) {
+    const meta_ref *x = a, *y = b;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
 
 // Larger headers are refused as corrupt (the same limit as the reference implementation).
 #define SM_ST_MAX_HEADER 100000000
@@ -84,14 +103,19 @@ static sm_status parse_metadata(st_file *f, const cJSON *m) {
         if (!cJSON_IsString(e) || !e->valuestring)
             return sm_fail(SM_ERR_FORMAT, "%s: __metadata__ value of \"%s\" is not a string", p,
                            e->string ? e->string : "");
-        for (int i = 0; i < f->nmeta; i++)
-            if (strcmp(f->mkey[i], e->string) == 0)
-                return sm_fail(SM_ERR_FORMAT, "%s: duplicate __metadata__ key \"%s\"", p,
-                               e->string);
         f->mkey[f->nmeta] = e->string;
         f->mval[f->nmeta++] = e->valuestring;
     }
-    return SM_OK;
+    meta_ref *r = malloc(((size_t)f->nmeta + 1) * sizeof *r);
+    if (!r) return sm_fail(SM_ERR_ALLOC, "%s: out of memory", p);
+    for (int i = 0; i < f->nmeta; i++) r[i] = (meta_ref){f->mkey[i], f->mval[i], (size_t)i};
+    qsort(r, (size_t)f->nmeta, sizeof *r, cmp_meta_ref);
+    sm_status s = SM_OK;
+    for (int i = 1; i < f->nmeta && s == SM_OK; i++)
+        if (strcmp(r[i - 1].key, r[i].key) == 0)
+            s = sm_fail(SM_ERR_FORMAT, "%s: duplicate __metadata__ key \"%s\"", p, r[i].key);
+    free(r);
+    return s;
 }
 
 // Fills t (and its byte span) from one header entry.
@@ -293,6 +317,7 @@ void sm_st_close(sm_st *st) {
     free(st->by_name);
     free(st->mkey);
     free(st->mval);
+    free(st->by_key);
     free(st);
 }
 
@@ -319,16 +344,32 @@ static sm_status finish(sm_st *st) {
     }
     size_t total = 0;
     for (int i = 0; i < st->nfiles; i++) total += (size_t)st->files[i].nmeta;
+    if (total > INT32_MAX) return sm_fail(SM_ERR_FORMAT, "too many metadata keys (%zu)", total);
+    // Sorted by key, then by position: the first of each run is the first file's value.
+    meta_ref *r = malloc((total + 1) * sizeof *r);
     st->mkey = calloc(total + 1, sizeof *st->mkey);
     st->mval = calloc(total + 1, sizeof *st->mval);
-    if (!st->mkey || !st->mval) return sm_fail(SM_ERR_ALLOC, "out of memory");
+    st->by_key = malloc((total + 1) * sizeof *st->by_key);
+    if (!r || !st->mkey || !st->mval || !st->by_key) {
+        free(r);
+        return sm_fail(SM_ERR_ALLOC, "out of memory");
+    }
+    size_t n = 0;
     for (int i = 0; i < st->nfiles; i++)
-        for (int j = 0; j < st->files[i].nmeta; j++) {
-            const char *k = st->files[i].mkey[j];
-            if (sm_st_meta(st, k)) continue;
-            st->mkey[st->nmeta] = k;
-            st->mval[st->nmeta++] = st->files[i].mval[j];
-        }
+        for (int j = 0; j < st->files[i].nmeta; j++, n++)
+            r[n] = (meta_ref){st->files[i].mkey[j], st->files[i].mval[j], n};
+    qsort(r, total, sizeof *r, cmp_meta_ref);
+    size_t kept = 0;
+    for (size_t i = 0; i < total; i++)
+        if (i == 0 || strcmp(r[i].key, r[kept - 1].key) != 0) r[kept++] = r[i];
+    memcpy(st->by_key, r, kept * sizeof *r);
+    qsort(r, kept, sizeof *r, cmp_meta_seq);
+    for (size_t i = 0; i < kept; i++) {
+        st->mkey[i] = r[i].key;
+        st->mval[i] = r[i].value;
+    }
+    st->nmeta = (int)kept;
+    free(r);
     return SM_OK;
 }
 
@@ -576,8 +617,16 @@ const sm_tensor_info *sm_st_find(const sm_st *st, const char *name) {
 }
 
 const char *sm_st_meta(const sm_st *st, const char *key) {
-    for (int i = 0; i < st->nmeta; i++)
-        if (strcmp(st->mkey[i], key) == 0) return st->mval[i];
+    size_t lo = 0, hi = (size_t)st->nmeta;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(st->by_key[mid].key, key);
+        if (c == 0) return st->by_key[mid].value;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return NULL;
 }
 
