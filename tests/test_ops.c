@@ -20,6 +20,8 @@ static const ocase k_cases[] = {
     {"lowrank:ratio=0.3,dtype=q8", 96, 200},
     {"lowrank:rank=3+dense:dtype=q8", 40, 24},
     // STRUCTURES: each structure adds its cases here (square, rectangular, every dtype).
+    // ISSUE-5 (blast, sparse, cur, sparse+lowrank):
+    // ISSUE-6 (rtn, gptq, onebit, bitstack, quantizer+lowrank):
     {"monarch:blocks=4", 48, 48},
     {"monarch:blocks=3", 45, 63},
     {"monarch:blocks=3,rank=2,dtype=f16", 63, 45},

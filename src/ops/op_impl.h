@@ -40,7 +40,8 @@ typedef struct sm_op_vtbl {
 } sm_op_vtbl;
 
 extern const sm_op_vtbl sm_vtbl_dense, sm_vtbl_lowrank, sm_vtbl_monarch, sm_vtbl_blockdiag,
-    sm_vtbl_blocklowrank, sm_vtbl_kron;
+    sm_vtbl_blocklowrank, sm_vtbl_kron, sm_vtbl_blast, sm_vtbl_sparse, sm_vtbl_cur, sm_vtbl_rtn,
+    sm_vtbl_gptq, sm_vtbl_onebit, sm_vtbl_bitstack;
 
 // --- factors: a (rows, cols) row-major matrix in one of the sm_store formats ---------------------
 
