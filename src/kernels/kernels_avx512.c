@@ -21,6 +21,7 @@
 #define PF_PLAIN 512
 #define PF_QUANT 256
 #define PAR_MIN (1 << 18) // rows * cols below which threads cost more than they give
+#define CHUNK_ALIGN 16    // rows per thread chunk are a multiple of every row block
 
 static inline __m512 bf16x16(__m256i h) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -222,19 +223,23 @@ typedef struct kargs {
 
 typedef void (*rows_fn)(const kargs *a, int64_t r0, int64_t r1);
 
-// Runs fn over rows [0, rows), split across threads in whole NRQ-row blocks when the factor is
-// large enough to pay for the fork.
+// Runs fn over rows [0, rows), in chunks of whole row blocks handed out dynamically when the
+// factor is large enough to pay for the fork. Dynamic, because the cores may be shared: with a
+// static split, a thread that loses its core for a while holds up the whole call (measured: 2
+// threads ran 2-3x slower than 1 while another process was busy).
 static void run_rows(rows_fn fn, const kargs *a, int64_t rows) {
     if (rows * a->cols <= PAR_MIN || omp_get_max_threads() == 1) {
         fn(a, 0, rows);
         return;
     }
-#pragma omp parallel
-    {
-        int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-        int64_t nblk = (rows + NRQ - 1) / NRQ, b0 = nblk * t / nt, b1 = nblk * (t + 1) / nt;
-        int64_t r0 = b0 * NRQ, r1 = b1 * NRQ < rows ? b1 * NRQ : rows;
-        if (r0 < r1) fn(a, r0, r1);
+    // ~64 KiB of codes per chunk (at least one row block), so a chunk is tens of microseconds
+    int64_t per = (int64_t)(65536 / (a->rb + 1)) / CHUNK_ALIGN * CHUNK_ALIGN;
+    if (per < CHUNK_ALIGN) per = CHUNK_ALIGN;
+    int64_t nchunk = (rows + per - 1) / per;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t k = 0; k < nchunk; k++) {
+        int64_t r0 = k * per, r1 = r0 + per < rows ? r0 + per : rows;
+        fn(a, r0, r1);
     }
 }
 
