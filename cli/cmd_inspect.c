@@ -40,13 +40,26 @@ typedef struct item {
     bool is_op;
 } item;
 
-static bool is_part_of_op(const char *tensor, const item *items, int n) {
-    for (int i = 0; i < n; i++) {
-        size_t l = strlen(items[i].name);
-        if (items[i].is_op && strncmp(tensor, items[i].name, l) == 0 && tensor[l] == '.')
-            return true;
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+// Whether tensor is "<op>.<part>" for one of the n operator names in sorted: a binary search per
+// '.' of the name (a file may hold many operators and many tensors).
+static bool is_part_of_op(const char *tensor, const char **sorted, int n) {
+    size_t len = strlen(tensor);
+    char *buf = malloc(len + 1);
+    bool hit = false;
+    if (!buf) return false;
+    memcpy(buf, tensor, len + 1);
+    for (char *dot = strchr(buf, '.'); dot && !hit; dot = strchr(dot + 1, '.')) {
+        *dot = 0;
+        const char *key = buf;
+        hit = bsearch(&key, sorted, (size_t)n, sizeof *sorted, cmp_str) != NULL;
+        *dot = '.';
     }
-    return false;
+    free(buf);
+    return hit;
 }
 
 static int list_items(const sm_st *st, item *out) {
@@ -68,11 +81,16 @@ static int list_items(const sm_st *st, item *out) {
         out[n++] = (item){k + strlen(pre), v, r, c, true};
     }
     int nops = n;
+    const char **ops = malloc(((size_t)nops + 1) * sizeof *ops);
+    if (!ops) return -1;
+    for (int i = 0; i < nops; i++) ops[i] = out[i].name;
+    qsort(ops, (size_t)nops, sizeof *ops, cmp_str);
     for (int i = 0; i < sm_st_count(st); i++) {
         const sm_tensor_info *t = sm_st_get(st, i);
-        if (t->ndim == 2 && !is_part_of_op(t->name, out, nops))
+        if (t->ndim == 2 && !is_part_of_op(t->name, ops, nops))
             out[n++] = (item){t->name, t->dtype_name, t->shape[0], t->shape[1], false};
     }
+    free(ops);
     return n;
 }
 
@@ -229,7 +247,9 @@ static int inspect_args(int argc, char **argv, const char **only) {
         sm_st_close(st);
         return cli_fail("inspect", "out of memory");
     }
-    int rc = inspect_items(&c, st, path, items, list_items(st, items), only, nonly);
+    int n = list_items(st, items);
+    int rc = n < 0 ? cli_fail("inspect", "out of memory")
+                   : inspect_items(&c, st, path, items, n, only, nonly);
     free(items);
     sm_st_close(st);
     return rc;

@@ -1,6 +1,7 @@
 // Fitted operators saved in the checkpoint format (DESIGN.md "Files on disk") and loaded back:
 // the stored tensors have the documented names, dtypes and shapes, a loaded operator is
 // bit-identical to the saved one, and metadata that lies about the parts is refused.
+#include "base/base.h"
 #include "testutil.h"
 
 #include <dirent.h>
@@ -250,6 +251,67 @@ static void test_lies(void) {
     }
 }
 
+// A file of many small operators: loading each finds its parts by a binary search over the
+// names, not by scanning every tensor (40000 operators took about 10 s that way, quadratic in
+// the file's size), and each loads with its own values.
+static void test_many_operators(void) {
+    enum { NOPS = 40000 };
+    char path[256];
+    snprintf(path, sizeof path, "%s/many.safetensors", g_dir);
+    size_t cap = (size_t)NOPS * 400 + 256, len = 0;
+    char *h = malloc(cap);
+    float *data = malloc(sizeof(float) * 2 * NOPS);
+    len += (size_t)snprintf(h + len, cap - len,
+                            "{\"__metadata__\":{\"structmat.format_version\":\"1\"");
+    for (int i = 0; i < NOPS; i++)
+        len +=
+            (size_t)snprintf(h + len, cap - len,
+                             ",\"structmat.spec.o%d\":\"lowrank:rank=1\",\"structmat.shape.o%d\":"
+                             "\"1,1\"",
+                             i, i);
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    for (int i = 0; i < NOPS; i++) { // W of o<i> = U V = i * 0.5
+        data[2 * i] = (float)i;
+        data[2 * i + 1] = 0.5f;
+        len += (size_t)snprintf(
+            h + len, cap - len,
+            ",\"o%d.U\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[%d,%d]},"
+            "\"o%d.V\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[%d,%d]}",
+            i, 8 * i, 8 * i + 4, i, 8 * i + 4, 8 * i + 8);
+    }
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    FILE *f = fopen(path, "wb");
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)len >> (8 * i));
+    CHECK(f && fwrite(len8, 1, 8, f) == 8 && fwrite(h, 1, len, f) == len &&
+          fwrite(data, sizeof(float), 2 * NOPS, f) == 2 * NOPS);
+    if (f) fclose(f);
+    free(h);
+    free(data);
+    sm_st *st = NULL;
+    CHECK_OK(sm_st_open(path, &st));
+    if (!st) return;
+    double t0 = sm_now();
+    int bad = 0;
+    for (int i = 0; i < NOPS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "o%d", i);
+        sm_op *op = NULL;
+        float w = -1;
+        if (sm_op_load(st, name, &op) != SM_OK || sm_op_to_dense(op, &w) != SM_OK ||
+            w != 0.5f * (float)i)
+            bad++;
+        sm_op_free(op);
+    }
+    double secs = sm_now() - t0;
+    CHECK(bad == 0);
+    if (!(secs < 5.0)) {
+        fprintf(stderr, "loading %d operators took %.1f s\n", NOPS, secs);
+        g_failures++;
+    }
+    sm_st_close(st);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/sm-test-opfile-XXXXXX");
     if (!mkdtemp(g_dir)) {
@@ -258,6 +320,7 @@ int main(void) {
     }
     test_round_trip();
     test_lies();
+    test_many_operators();
     remove_dir(g_dir);
     TEST_END();
 }

@@ -2,7 +2,7 @@
 // <name> is stored as its parts <name>.<part>, with its canonical spec and shape in __metadata__.
 // Loading trusts nothing in the file: the version, the shape string and every part are checked,
 // and sm_op_from_parts checks the parts against what the spec implies.
-#include "../base/base.h"
+#include "io_impl.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -14,6 +14,46 @@ static char *key_for(const char *what, const char *name) {
     char *k = NULL;
     if (asprintf(&k, "structmat.%s.%s", what, name) < 0) return NULL;
     return k;
+}
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+// Names must be distinct, and since every tensor "<name>.*" counts as a part of <name> when
+// loading, no name may continue another with '.' (that other would be unloadable). By sorting
+// and a binary search per '.', not by comparing every pair: a file may hold many operators.
+static sm_status check_names(const char *path, int count, const char *const *names) {
+    const char **sorted = malloc(((size_t)count + 1) * sizeof *sorted);
+    if (!sorted) return sm_fail(SM_ERR_ALLOC, "out of memory");
+    memcpy(sorted, names, (size_t)count * sizeof *sorted);
+    qsort(sorted, (size_t)count, sizeof *sorted, cmp_name);
+    sm_status s = SM_OK;
+    for (int i = 1; i < count && s == SM_OK; i++)
+        if (strcmp(sorted[i - 1], sorted[i]) == 0)
+            s = sm_fail(SM_ERR_ARG, "%s: operator \"%s\" given twice", path, sorted[i]);
+    char *buf = NULL;
+    for (int i = 0; i < count && s == SM_OK; i++) {
+        free(buf);
+        if (!(buf = strdup(sorted[i]))) {
+            s = sm_fail(SM_ERR_ALLOC, "out of memory");
+            break;
+        }
+        for (char *dot = strchr(buf, '.'); dot && s == SM_OK; dot = strchr(dot + 1, '.')) {
+            *dot = 0;
+            const char *key = buf;
+            const char **hit = bsearch(&key, sorted, (size_t)count, sizeof *sorted, cmp_name);
+            if (hit)
+                s = sm_fail(SM_ERR_ARG,
+                            "%s: operator \"%s\" would be read as a part of \"%s\" (no name "
+                            "may continue another with '.')",
+                            path, sorted[i], *hit);
+            *dot = '.';
+        }
+    }
+    free(buf);
+    free(sorted);
+    return s;
 }
 
 sm_status sm_ops_save(const char *path, int count, const char *const *names,
@@ -28,20 +68,8 @@ sm_status sm_ops_save(const char *path, int count, const char *const *names,
     char ver[16];
     snprintf(ver, sizeof ver, "%d", SM_FORMAT_VERSION);
     sm_status s = sm_st_writer_meta(w, KEY_VERSION, ver);
+    if (s == SM_OK) s = check_names(path, count, names);
     for (int i = 0; i < count && s == SM_OK; i++) {
-        for (int j = 0; j < i && s == SM_OK; j++)
-            if (strcmp(names[i], names[j]) == 0)
-                s = sm_fail(SM_ERR_ARG, "%s: operator \"%s\" given twice", path, names[i]);
-        // Every tensor "<name>.*" counts as a part of <name> when loading, so an operator named
-        // "<name>.<more>" in the same file would make <name> unloadable.
-        for (int j = 0; j < count && s == SM_OK; j++) {
-            size_t l = strlen(names[j]);
-            if (j != i && strncmp(names[i], names[j], l) == 0 && names[i][l] == '.')
-                s = sm_fail(SM_ERR_ARG,
-                            "%s: operator \"%s\" would be read as a part of \"%s\" (no name "
-                            "may continue another with '.')",
-                            path, names[i], names[j]);
-        }
         int np = 0;
         if (s == SM_OK) s = sm_op_parts(ops[i], &parts[i], &np);
         for (int j = 0; j < np && s == SM_OK; j++) {
@@ -136,12 +164,15 @@ sm_status sm_op_load(const sm_st *st, const char *name, sm_op **out) {
 
     // Parts are the tensors "<name>.<part>"; sm_op_from_parts picks those its spec expects.
     size_t pre = strlen(name);
-    int cap = sm_st_count(st), np = 0;
+    char *dotted = NULL;
+    if (asprintf(&dotted, "%s.", name) < 0) return sm_fail(SM_ERR_ALLOC, "out of memory");
+    int cap = 0, np = 0;
+    const sm_tensor_info *const *run = sm_st_prefix_run(st, dotted, &cap);
+    free(dotted);
     sm_part *parts = calloc((size_t)cap + 1, sizeof *parts);
     if (!parts) return sm_fail(SM_ERR_ALLOC, "out of memory");
     for (int i = 0; i < cap; i++) {
-        const sm_tensor_info *t = sm_st_get(st, i);
-        if (strncmp(t->name, name, pre) != 0 || t->name[pre] != '.') continue;
+        const sm_tensor_info *t = run[i];
         const char *pn = t->name + pre + 1;
         if (strlen(pn) >= sizeof parts->name || t->ndim > 4) {
             s = sm_fail(SM_ERR_FORMAT, "%s: tensor \"%s\" cannot be a part of \"%s\"", t->file,

@@ -4,7 +4,7 @@
 // fault in a file is reported as SM_ERR_FORMAT naming the file; nothing is read outside the
 // mapping, so a hostile or truncated file yields an error, never a crash. Data need not be
 // aligned: tensor data are plain byte pointers into the mapping, read with memcpy.
-#include "../base/base.h"
+#include "io_impl.h"
 
 #include <cJSON.h>
 #include <dirent.h>
@@ -614,6 +614,22 @@ const sm_tensor_info *sm_st_find(const sm_st *st, const char *name) {
             hi = mid;
     }
     return NULL;
+}
+
+const sm_tensor_info *const *sm_st_prefix_run(const sm_st *st, const char *prefix, int *count) {
+    size_t pl = strlen(prefix);
+    int lo = 0, hi = st->count;
+    while (lo < hi) { // the first name >= prefix
+        int mid = lo + (hi - lo) / 2;
+        if (strcmp(st->by_name[mid]->name, prefix) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int end = lo;
+    while (end < st->count && strncmp(st->by_name[end]->name, prefix, pl) == 0) end++;
+    *count = end - lo;
+    return st->by_name + lo;
 }
 
 const char *sm_st_meta(const sm_st *st, const char *key) {
