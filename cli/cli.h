@@ -29,8 +29,9 @@ const char *cli_value(int argc, char **argv, int *i);
 bool cli_is_help(const char *a);
 // Prints "structmat <cmd>: <msg>" with the library's last error and returns 1.
 int cli_fail(const char *cmd, const char *what);
-// Refuses, before any work, an output path that sm_atomic_open would refuse at the end: an
-// existing file without --force, or a directory that does not exist. Prints and returns 1.
+// Refuses, before any work, an output path that could not be written at the end: empty, a
+// directory, an existing file without --force, or in a directory that does not exist or cannot
+// be written. Prints and returns 1.
 int cli_check_output(const char *cmd, const char *path, bool force);
 // JSON string escaping into f.
 void cli_json_str(FILE *f, const char *s);

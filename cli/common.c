@@ -19,11 +19,14 @@ const char *cli_value(int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
+// Digits only (decimal, or hexadecimal after 0x): strtoull alone also takes a sign, wrapping
+// "-1" to 2^64 - 1, leading spaces, and saturates out-of-range values without a word.
 static bool parse_u64(const char *s, uint64_t *out) {
     char *end;
-    if (!s || !*s) return false;
+    if (!s || !(*s >= '0' && *s <= '9')) return false;
+    errno = 0;
     unsigned long long v = strtoull(s, &end, 0);
-    if (*end) return false;
+    if (*end || errno) return false;
     *out = v;
     return true;
 }
@@ -72,6 +75,14 @@ int cli_fail(const char *cmd, const char *what) {
 
 int cli_check_output(const char *cmd, const char *path, bool force) {
     struct stat sb;
+    if (!*path) {
+        fprintf(stderr, "structmat %s: the output path is empty\n", cmd);
+        return 1;
+    }
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "structmat %s: %s: is a directory (give a file name)\n", cmd, path);
+        return 1;
+    }
     if (!force && stat(path, &sb) == 0) {
         fprintf(stderr, "structmat %s: %s: exists (use --force to replace it)\n", cmd, path);
         return 1;

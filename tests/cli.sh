@@ -105,9 +105,18 @@ refuse "fit --all of an empty file" "no 2-D weights" "$bin" fit "$tmp/empty.safe
 # --tensor twice would fit twice and then write (or refuse) duplicates: refused at once.
 refuse "--tensor twice" "given twice" "$bin" fit "$model" --tensor $name --tensor $name --spec dense -o "$tmp/twice.safetensors"
 [ -e "$tmp/twice.safetensors" ] && { echo "FAIL: --tensor twice wrote a file"; fail=1; }
+"$bin" fit "$model" --tensor $name --tensor $name --spec dense 2>/dev/null | grep -q "$name" &&
+    { echo "FAIL: --tensor twice fitted before refusing"; fail=1; }
 # An output in a directory that does not exist is refused before fitting.
 refuse "-o in a missing directory" "the directory $tmp/no/such does not exist" \
     "$bin" fit "$model" --tensor $name --spec dense -o "$tmp/no/such/out.safetensors"
+refuse "-o a directory" "is a directory" "$bin" fit "$model" --tensor $name --spec dense -o "$tmp" --force
+refuse "-o empty" "output path is empty" "$bin" fit "$model" --tensor $name --spec dense -o ""
+# --seed and --threads take plain non-negative integers (strtoull alone wraps -1 to 2^64 - 1).
+refuse "--seed -1" "--seed" "$bin" fit "$model" --tensor $name --spec dense --seed -1
+refuse "--seed out of range" "--seed" "$bin" fit "$model" --tensor $name --spec dense --seed 99999999999999999999
+refuse "--threads ' 4'" "--threads" "$bin" fit "$model" --tensor $name --spec dense --threads " 4"
+check "--seed 0x10" "$bin" fit "$model" --tensor $name --spec lowrank:rank=2,solver=random --seed 0x10
 # An operator whose shape metadata is missing is an error, not a pair of plain tensors.
 mkst "$tmp/noshape.safetensors" '{"__metadata__":{"structmat.format_version":"1","structmat.spec.m":"lowrank:rank=1"},"m.U":{"dtype":"F32","shape":[2,1],"data_offsets":[0,8]},"m.V":{"dtype":"F32","shape":[1,2],"data_offsets":[8,16]}}' \
     '\x00\x00\x80\x3f\x00\x00\x80\x3f\x00\x00\x80\x3f\x00\x00\x80\x3f'
