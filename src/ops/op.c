@@ -21,11 +21,11 @@ static const sm_op_vtbl *find_vtbl(const char *name) {
 }
 
 static sm_status unknown_name(const char *name) {
-    char list[256] = "";
-    for (int i = 0; i < NSTRUCT; i++) {
-        strcat(list, i ? ", " : "");
-        strcat(list, k_structures[i]->name);
-    }
+    char list[512] = "";
+    size_t len = 0;
+    for (int i = 0; i < NSTRUCT && len < sizeof list; i++) // bounded as more structures come
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "",
+                                k_structures[i]->name);
     return sm_fail(SM_ERR_SPEC, "unknown structure \"%s\" (known: %s)", name, list);
 }
 
@@ -33,9 +33,10 @@ const char *sm_spec_help(void) {
     static char buf[8192];
     if (buf[0]) return buf;
     size_t len = 0;
-    for (int i = 0; i < NSTRUCT; i++)
+    for (int i = 0; i < NSTRUCT && len < sizeof buf; i++)
         len += (size_t)snprintf(buf + len, sizeof buf - len, "%s\n%s\n", k_structures[i]->name,
                                 k_structures[i]->help);
+    if (len >= sizeof buf) return buf; // truncated (snprintf's count may pass the end)
     snprintf(buf + len, sizeof buf - len,
              "sums\n  a+b+...     each term is fitted to the residual of the terms before it\n");
     return buf;
