@@ -122,4 +122,7 @@ mkst "$tmp/noshape.safetensors" '{"__metadata__":{"structmat.format_version":"1"
     '\x00\x00\x80\x3f\x00\x00\x80\x3f\x00\x00\x80\x3f\x00\x00\x80\x3f'
 refuse "inspect of an operator without a shape" 'has no structmat.shape.m metadata' "$bin" inspect "$tmp/noshape.safetensors"
 "$bin" inspect "$tmp/noshape.safetensors" 2>/dev/null | grep -q "m\.U" && { echo "FAIL: parts listed as matrices"; fail=1; }
+# A stored spec naming a structure that cannot load (yet) is an error naming the operator.
+mkst "$tmp/blast.safetensors" '{"__metadata__":{"structmat.format_version":"1","structmat.spec.x":"blast","structmat.shape.x":"2,2"}}' ''
+refuse "inspect of an operator that cannot load" 'operator "x" (blast, 2x2)' "$bin" inspect "$tmp/blast.safetensors"
 exit $fail

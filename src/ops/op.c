@@ -69,6 +69,7 @@ static sm_status fit_term(const sm_term *t, const float *W, int64_t m, int64_t n
                           const sm_fit_opts *o, sm_op **out) {
     const sm_op_vtbl *vt = find_vtbl(t->name);
     if (!vt) return unknown_name(t->name);
+    if (!vt->fit) return sm_fail(SM_ERR_UNSUPPORTED, "%s: fitting is not built yet", t->name);
     sm_status st = sm_term_check_keys(t, vt->keys);
     if (st != SM_OK) return st;
     sm_op *op = new_op(vt, m, n);
@@ -362,6 +363,11 @@ static sm_status load_term(const sm_term *t, int64_t m, int64_t n, const sm_part
                            int nparts, sm_op **out) {
     const sm_op_vtbl *vt = find_vtbl(t->name);
     if (!vt) return unknown_name(t->name);
+    // A registered structure may not load yet (a placeholder): a stored spec naming it must
+    // be an error, not a call through a NULL entry.
+    if (!vt->load)
+        return sm_fail(SM_ERR_UNSUPPORTED, "%s: loading stored operators is not built yet",
+                       t->name);
     sm_status st = sm_term_check_keys(t, vt->keys);
     if (st != SM_OK) return st;
     sm_op *op = new_op(vt, m, n);
