@@ -143,6 +143,16 @@ static void cpu_model(char *buf, size_t cap) {
     fclose(f);
 }
 
+double bench_load(void) {
+    double l = NAN;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1) l = NAN;
+        fclose(f);
+    }
+    return l;
+}
+
 void bench_machine(const bench_opts *o) {
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
@@ -154,10 +164,12 @@ void bench_machine(const bench_opts *o) {
         bench_json_str("isa", sm_isa_name(sm_isa_active()));
         bench_json_str("openblas", blas ? blas : "?");
         bench_json_str("version", SM_VERSION);
+        bench_json_num("load1", bench_load());
         bench_json_end();
         return;
     }
-    printf("structmat %s bench: %s; kernels %s; %d thread(s); %s\n\n", SM_VERSION, cpu,
-           sm_isa_name(sm_isa_active()), o->threads, blas ? blas : "OpenBLAS ?");
+    printf("structmat %s bench: %s; kernels %s; %d thread(s); %s; load average %.2f\n\n",
+           SM_VERSION, cpu, sm_isa_name(sm_isa_active()), o->threads,
+           blas ? blas : "OpenBLAS ?", bench_load());
     fflush(stdout);
 }

@@ -48,8 +48,10 @@ int bench_fit(const bench_opts *o);
 // Whether any apply result would be selected by the filter.
 bool bench_apply_selected(const bench_opts *o);
 
-// One line naming the CPU, kernel level, threads and OpenBLAS build.
+// One line naming the CPU, kernel level, threads, OpenBLAS build and the 1-minute load average
+// (other work on the machine is what makes timings noisy).
 void bench_machine(const bench_opts *o);
+double bench_load(void); // 1-minute load average, NAN when unknown
 
 // Shared helpers (bench.c).
 void bench_fill_uniform(float *x, int64_t n, uint64_t seed); // [-1, 1)

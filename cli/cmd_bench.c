@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include "../bench/bench.h"
+#include "base/base.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -33,7 +34,8 @@ static void usage(FILE *f) {
             "                     (PASS | FAIL), rel_err, nbytes, nparams, macs, fit_s, copies,\n"
             "                     ws_mib, reps, threads, isa; unavailable ones have status and\n"
             "                     error; fit lines have spec, shape, rank, status, time_s,\n"
-            "                     rel_err, speedup_vs_exact, err_vs_exact\n"
+            "                     rel_err, speedup_vs_exact, err_vs_exact; machine and end\n"
+            "                     lines have load1, the 1-minute load average\n"
             "  --shapes LIST      apply shapes, e.g. 1024x1024,4096x11008,11008x4096\n"
             "  --specs LIST       specs separated by ';' (dense is always run as the baseline)\n"
             "  --batch LIST       N values (default 1,64)\n"
@@ -159,6 +161,7 @@ int cmd_bench(int argc, char **argv) {
     o.threads = c.threads > 0 ? c.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     sm_set_threads(o.threads);
 
+    double t0 = sm_now();
     bench_machine(&o);
     bool bw_print = bench_selected(&o, "bandwidth"), apply = bench_apply_selected(&o);
     double bw = NAN;
@@ -169,5 +172,17 @@ int cmd_bench(int argc, char **argv) {
     int fails = 0;
     if (apply) fails += bench_apply(&o, bw);
     fails += bench_fit(&o);
+    // The load at the end says whether other work ran meanwhile (timings then are noisy).
+    double secs = sm_now() - t0;
+    if (o.json) {
+        bench_json_begin("end");
+        bench_json_num("seconds", secs);
+        bench_json_num("load1", bench_load());
+        bench_json_int("failures", fails);
+        bench_json_end();
+    } else {
+        printf("\n%d check(s) failed; %.0f s; load average at the end %.2f\n", fails, secs,
+               bench_load());
+    }
     return fails ? 1 : 0;
 }
