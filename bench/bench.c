@@ -169,7 +169,7 @@ void bench_machine(const bench_opts *o) {
         return;
     }
     printf("structmat %s bench: %s; kernels %s; %d thread(s); %s; load average %.2f\n\n",
-           SM_VERSION, cpu, sm_isa_name(sm_isa_active()), o->threads,
-           blas ? blas : "OpenBLAS ?", bench_load());
+           SM_VERSION, cpu, sm_isa_name(sm_isa_active()), o->threads, blas ? blas : "OpenBLAS ?",
+           bench_load());
     fflush(stdout);
 }

@@ -13,13 +13,13 @@
 #define BENCH_MAX_SPECS 32
 
 typedef struct bench_opts {
-    int threads;      // OpenMP and OpenBLAS threads
+    int threads; // OpenMP and OpenBLAS threads
     bool json, quick;
     const char *filter; // run only results whose name contains it (NULL: all)
     int reps;           // timed repetitions (0: a per-case default)
     uint64_t seed;
-    double bw_mib;      // size of the bandwidth sweep
-    double ws_mib;      // N = 1: rotate over copies of the operator until they hold this much
+    double bw_mib; // size of the bandwidth sweep
+    double ws_mib; // N = 1: rotate over copies of the operator until they hold this much
     int nshapes;
     int64_t shapes[BENCH_MAX_SHAPES][2]; // (out, in)
     int nspecs;

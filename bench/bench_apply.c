@@ -16,18 +16,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_COPIES 4096    // tiny operators: bounded by count instead of bytes
-#define CHECK_TOL 1e-4     // relative Frobenius error of apply vs to_dense-then-GEMM
+#define MAX_COPIES 4096       // tiny operators: bounded by count instead of bytes
+#define CHECK_TOL 1e-4        // relative Frobenius error of apply vs to_dense-then-GEMM
 #define MIN_REP_SECONDS 0.002 // a rep shorter than this is repeated (timer resolution)
-#define REP_BUDGET 1.0     // seconds of timed reps per line when --reps is not given
+#define REP_BUDGET 1.0        // seconds of timed reps per line when --reps is not given
 
 static void case_name(char *buf, size_t cap, const char *spec, const int64_t *shape, int64_t N) {
-    snprintf(buf, cap, "apply %s %lldx%lld N=%lld", spec, (long long)shape[0],
-             (long long)shape[1], (long long)N);
+    snprintf(buf, cap, "apply %s %lldx%lld N=%lld", spec, (long long)shape[0], (long long)shape[1],
+             (long long)N);
 }
 
-static bool case_selected(const bench_opts *o, const char *spec, const int64_t *shape,
-                          int64_t N) {
+static bool case_selected(const bench_opts *o, const char *spec, const int64_t *shape, int64_t N) {
     char name[256];
     case_name(name, sizeof name, spec, shape, N);
     return bench_selected(o, name);
@@ -48,8 +47,8 @@ static double check_apply(const sm_op *op, const float *D, int64_t N, const floa
     int64_t m = sm_op_rows(op), n = sm_op_cols(op);
     if (sm_op_apply(op, N, X, Y, work) != SM_OK) return -1;
     if (N == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)n, 1.0f, D, (int)n, X, 1, 0.0f,
-                    Yref, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)n, 1.0f, D, (int)n, X, 1, 0.0f, Yref,
+                    1);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)m, (int)n, 1.0f, X,
                     (int)n, D, (int)n, 0.0f, Yref, (int)m);
@@ -181,9 +180,8 @@ static void print_unavailable(const bench_opts *o, const char *spec, const int64
 // Fits, checks and times one spec on one shape for every selected N. dense_t[b] holds the dense
 // baseline per batch size (set here when spec is the baseline). Returns 1 on a failed check.
 static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool listed,
-                    const int64_t *shape,
-                    const float *W, const float *X, float *Y, float *Yref, double bw_gbs,
-                    double *dense_t) {
+                    const int64_t *shape, const float *W, const float *X, float *Y, float *Yref,
+                    double bw_gbs, double *dense_t) {
     int64_t m = shape[0], n = shape[1];
     bool want[4] = {false}, print[4] = {false}, any = false;
     for (int b = 0; b < o->nbatch; b++) {
@@ -251,19 +249,29 @@ static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool l
             double per_rep = tw * (double)mult;
             reps = N == 1 ? 20 : (int)fmin(20, fmax(3, REP_BUDGET / per_rep));
         }
-        apply_line l = {.spec = spec, .canonical = sm_op_spec(op), .shape = shape, .N = N,
-                        .nbytes = sm_op_nbytes(op), .macs = sm_op_macs(op),
-                        .nparams = sm_op_nparams(op), .fit_s = fit_s, .rel_err = rel[b],
-                        .bw_gbs = bw_gbs, .copies = nops, .reps = reps, .threads = o->threads};
+        apply_line l = {.spec = spec,
+                        .canonical = sm_op_spec(op),
+                        .shape = shape,
+                        .N = N,
+                        .nbytes = sm_op_nbytes(op),
+                        .macs = sm_op_macs(op),
+                        .nparams = sm_op_nparams(op),
+                        .fit_s = fit_s,
+                        .rel_err = rel[b],
+                        .bw_gbs = bw_gbs,
+                        .copies = nops,
+                        .reps = reps,
+                        .threads = o->threads};
         l.ws_mib = (double)nops * (double)l.nbytes / 1048576.0;
         time_apply(ops, nops, N, X, Y, work, reps, inner, &l.tmin, &l.tmed);
         if (baseline) dense_t[b] = l.tmin;
         l.dense_t = dense_t[b];
         if (!(rel[b] >= 0 && rel[b] <= CHECK_TOL)) {
             fails++;
-            fprintf(stderr, "[bench] %s on %lldx%lld N=%lld: apply differs from to_dense-GEMM "
-                    "(relative error %.3g)\n", spec, (long long)m, (long long)n, (long long)N,
-                    rel[b]);
+            fprintf(stderr,
+                    "[bench] %s on %lldx%lld N=%lld: apply differs from to_dense-GEMM "
+                    "(relative error %.3g)\n",
+                    spec, (long long)m, (long long)n, (long long)N, rel[b]);
         }
         if (print[b]) print_line(o, &l);
     }
@@ -310,8 +318,8 @@ int bench_apply(const bench_opts *o, double bw_gbs) {
         fails += run_spec(o, "dense", true, listed, shape, W, X, Y, Yref, bw_gbs, dense_t);
         for (int i = 0; i < o->nspecs; i++)
             if (strcmp(o->specs[i], "dense") != 0)
-                fails += run_spec(o, o->specs[i], false, true, shape, W, X, Y, Yref, bw_gbs,
-                                  dense_t);
+                fails +=
+                    run_spec(o, o->specs[i], false, true, shape, W, X, Y, Yref, bw_gbs, dense_t);
         sm_free(W), sm_free(X), sm_free(Y), sm_free(Yref);
     }
     return fails;

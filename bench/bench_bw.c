@@ -6,8 +6,9 @@
 #include <math.h>
 #include <stdio.h>
 
-#define LANES 128 // independent partial sums: the compiler vectorizes them into 8 zmm (or 16
-                  // ymm) accumulators, so no add latency chain limits the loop
+#define LANES                                                                                      \
+    128 // independent partial sums: the compiler vectorizes them into 8 zmm (or 16
+        // ymm) accumulators, so no add latency chain limits the loop
 
 // noinline keeps the timed loop from being merged with the caller's; the clones let the
 // compiler use the widest vectors the CPU has.

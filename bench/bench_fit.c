@@ -26,8 +26,8 @@ static sm_status make_matrix(float *W, int64_t m, int64_t n, uint64_t seed) {
     bench_fill_uniform(G2, k * n, seed + 7);
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < k; j++) G1[i * k + j] *= (float)(1.0 / sqrt((double)(j + 1)));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, G1,
-                (int)k, G2, (int)n, 0.0f, W, (int)n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, G1, (int)k,
+                G2, (int)n, 0.0f, W, (int)n);
     sm_free(G1), sm_free(G2);
     return SM_OK;
 }

@@ -79,8 +79,8 @@ static void check_f32_to_f16_one(uint32_t u) {
     float x = u2f(u);
     uint16_t a = sm_f32_to_f16(x), b = hw_f2h(x);
     if (a != b && g_failures < 20) {
-        fprintf(stderr, "sm_f32_to_f16(0x%08x = %.9g) = 0x%04x, F16C gives 0x%04x\n", u,
-                (double)x, a, b);
+        fprintf(stderr, "sm_f32_to_f16(0x%08x = %.9g) = 0x%04x, F16C gives 0x%04x\n", u, (double)x,
+                a, b);
         g_failures++;
     }
 }
@@ -95,8 +95,8 @@ static void check_f32_to_bf16_one(uint32_t u) {
     else
         ok = a == ref_f2bf(x);
     if (!ok && g_failures < 20) {
-        fprintf(stderr, "sm_f32_to_bf16(0x%08x = %.9g) = 0x%04x, expected 0x%04x\n", u,
-                (double)x, a, ref_f2bf(x));
+        fprintf(stderr, "sm_f32_to_bf16(0x%08x = %.9g) = 0x%04x, expected 0x%04x\n", u, (double)x,
+                a, ref_f2bf(x));
         g_failures++;
     }
 }
@@ -144,9 +144,10 @@ static void test_conversions(void) {
                 }
     // Named edges: f16 max, the overflow threshold 65520, the smallest subnormal and half of it,
     // the normal/subnormal boundary, Inf, quiet and signalling NaNs with low and high payloads.
-    static const float edges[] = {65504.0f, 65519.996f, 65520.0f, 65536.0f, 0x1.0p-24f,
-                                  0x1.0p-25f, 0x1.000002p-25f, 0x1.8p-24f, 0x1.0p-14f,
-                                  0x1.ff8p-15f, 0x1.ffcp-15f, 3.4028235e38f, 1e-45f, 0.0f};
+    static const float edges[] = {65504.0f,   65519.996f,   65520.0f,        65536.0f,
+                                  0x1.0p-24f, 0x1.0p-25f,   0x1.000002p-25f, 0x1.8p-24f,
+                                  0x1.0p-14f, 0x1.ff8p-15f, 0x1.ffcp-15f,    3.4028235e38f,
+                                  1e-45f,     0.0f};
     for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
         check_one_float(f2u(edges[i]));
         check_one_float(f2u(-edges[i]));
@@ -220,7 +221,8 @@ static void test_isa(const char *self) {
     CHECK(strcmp(got, sm_isa_name(best)) == 0);
 }
 
-// --- kernels --------------------------------------------------------------------------------------
+// --- kernels
+// --------------------------------------------------------------------------------------
 
 static const char *k_store_names[SM_STORE_COUNT] = {"f32", "f16", "bf16", "q8", "q4"};
 
@@ -234,17 +236,18 @@ static int64_t ngroups(int64_t cols) {
 
 // Entry (r, c) of a factor decoded from the definition in kernels.h, independently of the
 // library's kernels (f16 through F16C when present).
-static float ref_value(sm_store st, const unsigned char *data, const uint16_t *scales,
-                       int64_t cols, int64_t r, int64_t c) {
-    size_t rb = st == SM_STORE_F32   ? (size_t)cols * 4
-                : st == SM_STORE_Q8  ? (size_t)cols
-                : st == SM_STORE_Q4  ? (size_t)(cols + 1) / 2
-                                     : (size_t)cols * 2;
+static float ref_value(sm_store st, const unsigned char *data, const uint16_t *scales, int64_t cols,
+                       int64_t r, int64_t c) {
+    size_t rb = st == SM_STORE_F32  ? (size_t)cols * 4
+                : st == SM_STORE_Q8 ? (size_t)cols
+                : st == SM_STORE_Q4 ? (size_t)(cols + 1) / 2
+                                    : (size_t)cols * 2;
     const unsigned char *row = data + (size_t)r * rb;
     uint16_t h;
     float s = 0;
-    if (is_quant(st)) s = g_f16c ? hw_h2f(scales[r * ngroups(cols) + c / 64])
-                                 : sm_f16_to_f32(scales[r * ngroups(cols) + c / 64]);
+    if (is_quant(st))
+        s = g_f16c ? hw_h2f(scales[r * ngroups(cols) + c / 64])
+                   : sm_f16_to_f32(scales[r * ngroups(cols) + c / 64]);
     switch (st) {
     case SM_STORE_F32: {
         float v;
@@ -257,7 +260,8 @@ static float ref_value(sm_store st, const unsigned char *data, const uint16_t *s
     case SM_STORE_BF16:
         memcpy(&h, row + 2 * c, 2);
         return u2f((uint32_t)h << 16);
-    case SM_STORE_Q8: return s * (float)(int8_t)row[c];
+    case SM_STORE_Q8:
+        return s * (float)(int8_t)row[c];
     default: {
         int nib = (row[c / 2] >> (4 * (c & 1))) & 15;
         return s * (float)(nib < 8 ? nib : nib - 16);
@@ -274,8 +278,7 @@ typedef struct kbuf {
 
 // Random codes for a (rows, cols) factor. finite: values a gemv can meet (weights in [-1, 1),
 // scales in [1e-3, 1e-1], both signs); otherwise raw bits (f16/bf16 NaN, Inf, subnormals).
-static void make_factor(kbuf *b, sm_store st, int64_t rows, int64_t cols, bool finite,
-                        int offset) {
+static void make_factor(kbuf *b, sm_store st, int64_t rows, int64_t cols, bool finite, int offset) {
     size_t rb = sm_store_row_bytes(st, cols);
     b->data_bytes = (size_t)rows * rb;
     // Elements stay aligned to their own size; vectors do not.
@@ -299,7 +302,9 @@ static void make_factor(kbuf *b, sm_store st, int64_t rows, int64_t cols, bool f
             float w = (float)rnd_unit();
             uint16_t h;
             switch (st) {
-            case SM_STORE_F32: memcpy(row + 4 * c, &w, 4); break;
+            case SM_STORE_F32:
+                memcpy(row + 4 * c, &w, 4);
+                break;
             case SM_STORE_F16:
                 h = finite ? sm_f32_to_f16(w) : (uint16_t)rnd();
                 memcpy(row + 2 * c, &h, 2);
@@ -308,7 +313,8 @@ static void make_factor(kbuf *b, sm_store st, int64_t rows, int64_t cols, bool f
                 h = finite ? sm_f32_to_bf16(w) : (uint16_t)rnd();
                 memcpy(row + 2 * c, &h, 2);
                 break;
-            default: break;
+            default:
+                break;
             }
         }
         // q8: any byte (-128 included); q4: any byte, so the pad nibble of an odd row is junk

@@ -17,10 +17,10 @@
 #include <omp.h>
 #include <string.h>
 
-#define NR 4              // f16/bf16 rows per block (8 accumulators of 16 registers)
-#define NRQ 4             // q8/q4 rows per block (acc + part per row)
-#define STEP 16           // columns per inner step
-#define PF_PLAIN 512      // prefetch distances in bytes along each row
+#define NR 4         // f16/bf16 rows per block (8 accumulators of 16 registers)
+#define NRQ 4        // q8/q4 rows per block (acc + part per row)
+#define STEP 16      // columns per inner step
+#define PF_PLAIN 512 // prefetch distances in bytes along each row
 #define PF_QUANT 256
 #define SCALE_CHUNK 8     // groups whose scales are converted to f32 at a time
 #define PAR_MIN (1 << 18) // rows * cols below which threads cost more than they give
@@ -53,9 +53,12 @@ static inline __m128i q4_unpack16(__m128i v) {
 static inline size_t span_bytes(sm_store st, int64_t t) {
     switch (st) {
     case SM_STORE_F16:
-    case SM_STORE_BF16: return (size_t)t * 2;
-    case SM_STORE_Q8: return (size_t)t;
-    default: return (size_t)(t + 1) / 2;
+    case SM_STORE_BF16:
+        return (size_t)t * 2;
+    case SM_STORE_Q8:
+        return (size_t)t;
+    default:
+        return (size_t)(t + 1) / 2;
     }
 }
 
@@ -89,12 +92,12 @@ static inline void load_x_split(const float *x, int64_t t, __m256 *xe, __m256 *x
     __m256 x0, x1;
     load_x(x, t, &x0, &x1);
     // shuffle_ps works within 128-bit lanes: [0 2 8 10 | 4 6 12 14]; the 64-bit permute orders it
-    *xe = _mm256_castpd_ps(_mm256_permute4x64_pd(
-        _mm256_castps_pd(_mm256_shuffle_ps(x0, x1, _MM_SHUFFLE(2, 0, 2, 0))),
-        _MM_SHUFFLE(3, 1, 2, 0)));
-    *xo = _mm256_castpd_ps(_mm256_permute4x64_pd(
-        _mm256_castps_pd(_mm256_shuffle_ps(x0, x1, _MM_SHUFFLE(3, 1, 3, 1))),
-        _MM_SHUFFLE(3, 1, 2, 0)));
+    *xe = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x0, x1, _MM_SHUFFLE(2, 0, 2, 0))),
+                              _MM_SHUFFLE(3, 1, 2, 0)));
+    *xo = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(x0, x1, _MM_SHUFFLE(3, 1, 3, 1))),
+                              _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
 // 16 columns of codes at p as two 8-float vectors in column order (unscaled for q8/q4).
@@ -125,21 +128,21 @@ static inline __attribute__((always_inline)) void load16(sm_store st, const unsi
 // 16 q4 columns at p (8 bytes) as their even and odd columns, matching load_x_split.
 static inline void q4_split(const unsigned char *p, __m256 *e, __m256 *o) {
     const __m256i low = _mm256_set1_epi32(15), magic_bits = _mm256_set1_epi32(0x4b000008);
-    const __m256 magic = _mm256_set1_ps(8388616.0f); // 2^23 + 8
+    const __m256 magic = _mm256_set1_ps(8388616.0f);                       // 2^23 + 8
     __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); // a byte per lane
     // (n & 15) ^ 0x4b000008 = the float 2^23 + (n ^ 8); minus 2^23 + 8 gives q = (n ^ 8) - 8.
-    *e = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(_mm256_and_si256(v, low),
-                                                            magic_bits)), magic);
-    *o = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(_mm256_srli_epi32(v, 4),
-                                                            magic_bits)), magic);
+    *e = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(_mm256_and_si256(v, low), magic_bits)),
+                       magic);
+    *o = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_xor_si256(_mm256_srli_epi32(v, 4), magic_bits)),
+                       magic);
 }
 
 // Unscaled sums over columns [c, cols) of code * x for nr rows, through zero-padded copies (c a
 // multiple of 16). The partial step or group at the end of a row is rare, and kept out of line
 // so that the hot loops make no calls (a memcpy call would push their accumulators to memory).
 static __attribute__((noinline)) void tail_dots(sm_store st, int nr, int64_t c, int64_t cols,
-                                                const unsigned char *w, size_t rb,
-                                                const float *x, float *sums) {
+                                                const unsigned char *w, size_t rb, const float *x,
+                                                float *sums) {
     unsigned char buf[32];
     for (int i = 0; i < nr; i++) {
         __m256 acc = _mm256_setzero_ps(), x0, x1, a, b;
@@ -161,11 +164,9 @@ static __attribute__((noinline)) void tail_dots(sm_store st, int nr, int64_t c, 
 
 // y[0..nr) for nr consecutive f16 or bf16 rows from codes w (row stride rb); nr is a compile-time
 // constant at each call site, so the row loops unroll into registers.
-static inline __attribute__((always_inline)) void gemv_block_plain(sm_store st, int nr,
-                                                                   int64_t cols,
-                                                                   const unsigned char *w,
-                                                                   size_t rb, const float *x,
-                                                                   float *y) {
+static inline __attribute__((always_inline)) void
+gemv_block_plain(sm_store st, int nr, int64_t cols, const unsigned char *w, size_t rb,
+                 const float *x, float *y) {
     __m256 acc[NR][2];
 #pragma GCC unroll 4
     for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -189,12 +190,9 @@ static inline __attribute__((always_inline)) void gemv_block_plain(sm_store st, 
 
 // y[0..nr) for nr consecutive q8 or q4 rows. Full groups run in the hot loop; a partial last
 // group goes through tail_dots.
-static inline __attribute__((always_inline)) void gemv_block_quant(sm_store st, int nr,
-                                                                   int64_t cols,
-                                                                   const unsigned char *w,
-                                                                   size_t rb, const uint16_t *sc,
-                                                                   int64_t ng, const float *x,
-                                                                   float *y) {
+static inline __attribute__((always_inline)) void
+gemv_block_quant(sm_store st, int nr, int64_t cols, const unsigned char *w, size_t rb,
+                 const uint16_t *sc, int64_t ng, const float *x, float *y) {
     __m256 acc[NRQ];
     float s32[NRQ][SCALE_CHUNK] __attribute__((aligned(32)));
     int64_t nfull = cols / SM_QGROUP;
@@ -205,8 +203,8 @@ static inline __attribute__((always_inline)) void gemv_block_quant(sm_store st, 
 #pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
             if (gn == SCALE_CHUNK)
-                _mm256_store_ps(s32[i], _mm256_cvtph_ps(
-                                            _mm_loadu_si128((const __m128i *)(sc + i * ng + g0))));
+                _mm256_store_ps(
+                    s32[i], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + i * ng + g0))));
             else
                 for (int64_t k = 0; k < gn; k++) s32[i][k] = _cvtsh_ss(sc[i * ng + g0 + k]);
         }
@@ -289,8 +287,8 @@ static void run_rows(rows_fn fn, const kargs *a, int64_t rows) {
     }
 }
 
-static inline __attribute__((always_inline)) void gemv_rows(sm_store st, const kargs *a,
-                                                            int64_t r0, int64_t r1) {
+static inline __attribute__((always_inline)) void gemv_rows(sm_store st, const kargs *a, int64_t r0,
+                                                            int64_t r1) {
     bool quant = st == SM_STORE_Q8 || st == SM_STORE_Q4;
     const int nr = quant ? NRQ : NR;
     int64_t r = r0;
@@ -305,8 +303,7 @@ static inline __attribute__((always_inline)) void gemv_rows(sm_store st, const k
     for (; r < r1; r++) {
         const unsigned char *w = a->w + (size_t)r * a->rb;
         if (quant)
-            gemv_block_quant(st, 1, a->cols, w, a->rb, a->sc + r * a->ng, a->ng, a->x,
-                             a->out + r);
+            gemv_block_quant(st, 1, a->cols, w, a->rb, a->sc + r * a->ng, a->ng, a->x, a->out + r);
         else
             gemv_block_plain(st, 1, a->cols, w, a->rb, a->x, a->out + r);
     }
@@ -345,27 +342,31 @@ static inline __attribute__((always_inline)) void decode_rows(sm_store st, const
 
 static kargs make_args(sm_store st, int64_t cols, const void *data, const uint16_t *scales,
                        const float *x, float *out) {
-    return (kargs){.cols = cols, .ng = (cols + SM_QGROUP - 1) / SM_QGROUP,
-                   .rb = sm_store_row_bytes(st, cols), .w = data, .sc = scales, .x = x,
+    return (kargs){.cols = cols,
+                   .ng = (cols + SM_QGROUP - 1) / SM_QGROUP,
+                   .rb = sm_store_row_bytes(st, cols),
+                   .w = data,
+                   .sc = scales,
+                   .x = x,
                    .out = out};
 }
 
-#define KERNELS(name, ST)                                                                        \
-    static void gemv_rows_##name(const kargs *a, int64_t r0, int64_t r1) {                      \
-        gemv_rows(ST, a, r0, r1);                                                                \
-    }                                                                                            \
-    static void decode_rows_##name(const kargs *a, int64_t r0, int64_t r1) {                    \
-        decode_rows(ST, a, r0, r1);                                                              \
-    }                                                                                            \
-    static void gemv_##name(int64_t rows, int64_t cols, const void *data,                       \
-                            const uint16_t *scales, const float *x, float *y) {                  \
-        kargs a = make_args(ST, cols, data, scales, x, y);                                       \
-        run_rows(gemv_rows_##name, &a, rows);                                                    \
-    }                                                                                            \
-    static void decode_##name(int64_t rows, int64_t cols, const void *data,                     \
-                              const uint16_t *scales, float *out) {                              \
-        kargs a = make_args(ST, cols, data, scales, NULL, out);                                  \
-        run_rows(decode_rows_##name, &a, rows);                                                  \
+#define KERNELS(name, ST)                                                                          \
+    static void gemv_rows_##name(const kargs *a, int64_t r0, int64_t r1) {                         \
+        gemv_rows(ST, a, r0, r1);                                                                  \
+    }                                                                                              \
+    static void decode_rows_##name(const kargs *a, int64_t r0, int64_t r1) {                       \
+        decode_rows(ST, a, r0, r1);                                                                \
+    }                                                                                              \
+    static void gemv_##name(int64_t rows, int64_t cols, const void *data, const uint16_t *scales,  \
+                            const float *x, float *y) {                                            \
+        kargs a = make_args(ST, cols, data, scales, x, y);                                         \
+        run_rows(gemv_rows_##name, &a, rows);                                                      \
+    }                                                                                              \
+    static void decode_##name(int64_t rows, int64_t cols, const void *data,                        \
+                              const uint16_t *scales, float *out) {                                \
+        kargs a = make_args(ST, cols, data, scales, NULL, out);                                    \
+        run_rows(decode_rows_##name, &a, rows);                                                    \
     }
 
 KERNELS(f16, SM_STORE_F16)

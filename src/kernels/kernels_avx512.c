@@ -83,11 +83,9 @@ static inline __attribute__((always_inline)) void load32(sm_store st, const void
 
 // y[0..nr) for nr consecutive f16 or bf16 rows from codes w (row stride rb); nr is a compile-time
 // constant at each call site, so the row loops unroll into registers. Two accumulators per row.
-static inline __attribute__((always_inline)) void gemv_block_plain(sm_store st, int nr,
-                                                                   int64_t cols,
-                                                                   const unsigned char *w,
-                                                                   size_t rb, const float *x,
-                                                                   float *y) {
+static inline __attribute__((always_inline)) void
+gemv_block_plain(sm_store st, int nr, int64_t cols, const unsigned char *w, size_t rb,
+                 const float *x, float *y) {
     __m512 acc[NR][2];
 #pragma GCC unroll 16
     for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -131,8 +129,8 @@ static inline __m512i q4_bytes(const uint8_t *row, int64_t c, int64_t t) {
 
 // x[c .. c + min(t, 32)) split into even and odd columns, zeros beyond t.
 static inline void load_x_split(const float *x, int64_t t, __m512 *xe, __m512 *xo) {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
-                                           30);
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     __m512 x0, x1;
     load_x(x, t, &x0, &x1);
@@ -146,12 +144,9 @@ static inline void load_x_split(const float *x, int64_t t, __m512 *xe, __m512 *x
 // acc += s * part, as in the scalar reference. The F16 scales of SCALE_CHUNK groups are first
 // converted into a small f32 buffer, so each group's scale is a broadcast from memory rather
 // than a shuffle (port 5 is what limits these loops).
-static inline __attribute__((always_inline)) void gemv_block_quant(sm_store st, int nr,
-                                                                   int64_t cols,
-                                                                   const unsigned char *w,
-                                                                   size_t rb, const uint16_t *sc,
-                                                                   int64_t ng, const float *x,
-                                                                   float *y) {
+static inline __attribute__((always_inline)) void
+gemv_block_quant(sm_store st, int nr, int64_t cols, const unsigned char *w, size_t rb,
+                 const uint16_t *sc, int64_t ng, const float *x, float *y) {
     const __m512 table = q4_table();
     __m512 acc[NRQ];
     float s32[NRQ][SCALE_CHUNK] __attribute__((aligned(64)));
@@ -162,7 +157,8 @@ static inline __attribute__((always_inline)) void gemv_block_quant(sm_store st, 
         __mmask16 gm = gn == 16 ? (__mmask16)0xffff : (__mmask16)((1u << gn) - 1);
 #pragma GCC unroll 16
         for (int i = 0; i < nr; i++)
-            _mm512_store_ps(s32[i], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(gm, sc + i * ng + g0)));
+            _mm512_store_ps(s32[i],
+                            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(gm, sc + i * ng + g0)));
         for (int64_t g = g0; g < g0 + gn; g++) {
             int64_t c0 = g * SM_QGROUP, t = cols - c0; // columns left; a group takes <= 64
             __m512 x0, x1, x2 = _mm512_setzero_ps(), x3 = _mm512_setzero_ps();
@@ -243,8 +239,8 @@ static void run_rows(rows_fn fn, const kargs *a, int64_t rows) {
     }
 }
 
-static inline __attribute__((always_inline)) void gemv_rows(sm_store st, const kargs *a,
-                                                            int64_t r0, int64_t r1) {
+static inline __attribute__((always_inline)) void gemv_rows(sm_store st, const kargs *a, int64_t r0,
+                                                            int64_t r1) {
     bool quant = st == SM_STORE_Q8 || st == SM_STORE_Q4;
     int64_t r = r0;
     const int nr = quant ? NRQ : NR;
@@ -259,8 +255,7 @@ static inline __attribute__((always_inline)) void gemv_rows(sm_store st, const k
     for (; r < r1; r++) {
         const unsigned char *w = a->w + (size_t)r * a->rb;
         if (quant)
-            gemv_block_quant(st, 1, a->cols, w, a->rb, a->sc + r * a->ng, a->ng, a->x,
-                             a->out + r);
+            gemv_block_quant(st, 1, a->cols, w, a->rb, a->sc + r * a->ng, a->ng, a->x, a->out + r);
         else
             gemv_block_plain(st, 1, a->cols, w, a->rb, a->x, a->out + r);
     }
@@ -281,8 +276,8 @@ static inline __attribute__((always_inline)) void decode_rows(sm_store st, const
             int64_t t = cols - c;
             __m512 u, v;
             if (st == SM_STORE_Q4) {
-                __m512 ts = _mm512_mul_ps(
-                    q4_table(), _mm512_set1_ps(_cvtsh_ss(a->sc[r * ng + c / SM_QGROUP])));
+                __m512 ts = _mm512_mul_ps(q4_table(),
+                                          _mm512_set1_ps(_cvtsh_ss(a->sc[r * ng + c / SM_QGROUP])));
                 __m512i b = q4_bytes(row, c, t);
                 __m512 e = _mm512_permutexvar_ps(b, ts);
                 __m512 d = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), ts);
@@ -309,27 +304,31 @@ static inline __attribute__((always_inline)) void decode_rows(sm_store st, const
 
 static kargs make_args(sm_store st, int64_t cols, const void *data, const uint16_t *scales,
                        const float *x, float *out) {
-    return (kargs){.cols = cols, .ng = (cols + SM_QGROUP - 1) / SM_QGROUP,
-                   .rb = sm_store_row_bytes(st, cols), .w = data, .sc = scales, .x = x,
+    return (kargs){.cols = cols,
+                   .ng = (cols + SM_QGROUP - 1) / SM_QGROUP,
+                   .rb = sm_store_row_bytes(st, cols),
+                   .w = data,
+                   .sc = scales,
+                   .x = x,
                    .out = out};
 }
 
-#define KERNELS(name, ST)                                                                        \
-    static void gemv_rows_##name(const kargs *a, int64_t r0, int64_t r1) {                      \
-        gemv_rows(ST, a, r0, r1);                                                                \
-    }                                                                                            \
-    static void decode_rows_##name(const kargs *a, int64_t r0, int64_t r1) {                    \
-        decode_rows(ST, a, r0, r1);                                                              \
-    }                                                                                            \
-    static void gemv_##name(int64_t rows, int64_t cols, const void *data,                       \
-                            const uint16_t *scales, const float *x, float *y) {                  \
-        kargs a = make_args(ST, cols, data, scales, x, y);                                       \
-        run_rows(gemv_rows_##name, &a, rows);                                                    \
-    }                                                                                            \
-    static void decode_##name(int64_t rows, int64_t cols, const void *data,                     \
-                              const uint16_t *scales, float *out) {                              \
-        kargs a = make_args(ST, cols, data, scales, NULL, out);                                  \
-        run_rows(decode_rows_##name, &a, rows);                                                  \
+#define KERNELS(name, ST)                                                                          \
+    static void gemv_rows_##name(const kargs *a, int64_t r0, int64_t r1) {                         \
+        gemv_rows(ST, a, r0, r1);                                                                  \
+    }                                                                                              \
+    static void decode_rows_##name(const kargs *a, int64_t r0, int64_t r1) {                       \
+        decode_rows(ST, a, r0, r1);                                                                \
+    }                                                                                              \
+    static void gemv_##name(int64_t rows, int64_t cols, const void *data, const uint16_t *scales,  \
+                            const float *x, float *y) {                                            \
+        kargs a = make_args(ST, cols, data, scales, x, y);                                         \
+        run_rows(gemv_rows_##name, &a, rows);                                                      \
+    }                                                                                              \
+    static void decode_##name(int64_t rows, int64_t cols, const void *data,                        \
+                              const uint16_t *scales, float *out) {                                \
+        kargs a = make_args(ST, cols, data, scales, NULL, out);                                    \
+        run_rows(decode_rows_##name, &a, rows);                                                    \
     }
 
 KERNELS(f16, SM_STORE_F16)
