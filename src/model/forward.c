@@ -5,8 +5,9 @@
 //   x = embed[tokens]                                          (T, dim)
 //   for each layer l:
 //     xb = rmsnorm(x) * rms_att[l]
-//     q = xb Wq^T (+ bq), k = xb Wk^T (+ bk), v = xb Wv^T (+ bv) (k, v straight into the cache)
-//     rope(q), rope(k)                 both stored in the rotate-half order afterwards
+//     q = xb Wq^T (+ bq), k = xb Wk^T (+ bk), v = xb Wv^T (+ bv)
+//     rope(q), rope(k)                 both stored in the rotate-half order afterwards;
+//                                      k, v appended to the (head-major) cache
 //     att = softmax(q k^T / sqrt(head_dim), causal) v          per head, GQA: head h reads
 //                                                              kv head h / (n_heads / n_kv_heads)
 //     x += att Wo^T
@@ -33,14 +34,18 @@ struct sm_context {
     float *xb;         // (n_batch, dim) normed input of a sublayer
     float *xb2;        // (n_batch, dim) sublayer output before the residual add
     float *q;          // (n_batch, q_dim) queries, rotate-half order per head
+    float *k;          // (n_batch, kv_dim) keys of this step, before they go to the cache
+    float *v;          // (n_batch, kv_dim) values of this step
     float *att;        // (n_batch, q_dim) attention output, heads side by side
     float *hb;         // (n_batch, hidden_dim) gate, then silu(gate) * up
     float *hb2;        // (n_batch, hidden_dim) up
     float *scores;     // (n_heads, n_ctx) attention weights, one row per head
     float *rope_cos;   // (n_ctx, head_dim / 2)
     float *rope_sin;   // (n_ctx, head_dim / 2)
-    float *key_cache;  // (n_layers, n_ctx, kv_dim) keys after RoPE
-    float *val_cache;  // (n_layers, n_ctx, kv_dim)
+    // Head-major caches: one head's keys (values) for all positions are contiguous, so the
+    // attention of a head streams them in order.
+    float *key_cache;  // (n_layers, n_kv_heads, n_ctx, head_dim) keys after RoPE
+    float *val_cache;  // (n_layers, n_kv_heads, n_ctx, head_dim)
     float *work;       // operator scratch: the most any operator needs for n_batch rows
 };
 
@@ -96,26 +101,39 @@ static float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
+// Writes x (T, n_kv_heads * hd) to positions pos0 .. pos0 + T - 1 of cache (n_kv_heads, n_ctx, hd).
+static void cache_store(float *cache, const float *x, int64_t T, int64_t pos0, int64_t n_kv_heads,
+                        int64_t hd, int64_t n_ctx) {
+    for (int64_t h = 0; h < n_kv_heads; h++)
+        for (int64_t t = 0; t < T; t++)
+            memcpy(cache + (h * n_ctx + pos0 + t) * hd, x + (t * n_kv_heads + h) * hd,
+                   (size_t)hd * sizeof(float));
+}
+
 // Causal grouped-query attention of T queries at positions pos0 .. pos0 + T - 1 over the cached
 // keys and values 0 .. pos0 + T - 1 of one layer.
 static void attention_forward(float *out, const float *q, const float *kc, const float *vc,
                               float *scores, int64_t T, int64_t pos0, int64_t n_heads,
                               int64_t n_kv_heads, int64_t hd, int64_t n_ctx) {
-    // out (T, n_heads * hd), q (T, n_heads * hd), kc/vc (n_ctx, n_kv_heads * hd),
+    // out (T, n_heads * hd), q (T, n_heads * hd), kc/vc (n_kv_heads, n_ctx, hd),
     // scores (n_heads, n_ctx)
-    int64_t q_dim = n_heads * hd, kv_dim = n_kv_heads * hd, group = n_heads / n_kv_heads;
+    int64_t q_dim = n_heads * hd, group = n_heads / n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
-    // Heads are independent; each has its own row of scores. Small steps stay on one thread.
-#pragma omp parallel for schedule(static) if (T * (pos0 + T) * q_dim > 32768)
+    // Heads are independent; each has its own row of scores. A static schedule keeps the heads
+    // of a group (which read the same keys and values) together on a thread. Decode steps stay
+    // on one thread: threads that spin after a parallel region would compete with the BLAS
+    // threads of the next GEMV, and one core streams the cache at full speed anyway.
+#pragma omp parallel for schedule(static) if (T > 1 && T * (pos0 + T) * q_dim > 32768)
     for (int64_t h = 0; h < n_heads; h++) {
-        float *sc = scores + h * n_ctx; // (n_ctx)
-        int64_t kvo = (h / group) * hd; // offset of this head's kv head in a cache row
+        float *sc = scores + h * n_ctx;                   // (n_ctx)
+        const float *kh = kc + (h / group) * n_ctx * hd; // (n_ctx, hd) this head's keys
+        const float *vh = vc + (h / group) * n_ctx * hd; // (n_ctx, hd) and values
         for (int64_t t = 0; t < T; t++) {
             const float *qh = q + t * q_dim + h * hd; // (hd)
             int64_t n = pos0 + t + 1;                 // positions this query sees
             float mx = -INFINITY;
             for (int64_t s = 0; s < n; s++) {
-                sc[s] = dot(qh, kc + s * kv_dim + kvo, hd) * scale;
+                sc[s] = dot(qh, kh + s * hd, hd) * scale;
                 if (sc[s] > mx) mx = sc[s];
             }
             float sum = 0;
@@ -127,7 +145,7 @@ static void attention_forward(float *out, const float *q, const float *kc, const
             float *oh = out + t * q_dim + h * hd; // (hd)
             memset(oh, 0, (size_t)hd * sizeof(float));
             for (int64_t s = 0; s < n; s++) {
-                const float *vs = vc + s * kv_dim + kvo; // (hd)
+                const float *vs = vh + s * hd; // (hd)
                 float a = sc[s] * inv;
 #pragma omp simd
                 for (int64_t d = 0; d < hd; d++) oh[d] += a * vs[d];
@@ -167,7 +185,7 @@ static size_t round64(size_t n) {
 }
 
 // The float count of each arena buffer, in the order they are laid out.
-enum { B_X, B_XB, B_XB2, B_Q, B_ATT, B_HB, B_HB2, B_SCORES, B_COS, B_SIN, B_KEY, B_VAL, B_WORK, B_N };
+enum { B_X, B_XB, B_XB2, B_Q, B_K, B_V, B_ATT, B_HB, B_HB2, B_SCORES, B_COS, B_SIN, B_KEY, B_VAL, B_WORK, B_N };
 
 sm_status sm_context_init(const sm_model *mc, int64_t n_ctx, int64_t n_batch, sm_context **out) {
     *out = NULL;
@@ -193,6 +211,8 @@ sm_status sm_context_init(const sm_model *mc, int64_t n_ctx, int64_t n_batch, sm
         [B_XB] = (size_t)(n_batch * f->dim),
         [B_XB2] = (size_t)(n_batch * f->dim),
         [B_Q] = (size_t)(n_batch * q_dim),
+        [B_K] = (size_t)(n_batch * kv_dim),
+        [B_V] = (size_t)(n_batch * kv_dim),
         [B_ATT] = (size_t)(n_batch * q_dim),
         [B_HB] = (size_t)(n_batch * f->hidden_dim),
         [B_HB2] = (size_t)(n_batch * f->hidden_dim),
@@ -221,7 +241,7 @@ sm_status sm_context_init(const sm_model *mc, int64_t n_ctx, int64_t n_batch, sm
     }
     *c = (sm_context){
         .m = m, .n_ctx = n_ctx, .n_batch = n_batch, .arena = arena, .nbytes = bytes,
-        .x = buf[B_X], .xb = buf[B_XB], .xb2 = buf[B_XB2], .q = buf[B_Q], .att = buf[B_ATT],
+        .x = buf[B_X], .xb = buf[B_XB], .xb2 = buf[B_XB2], .q = buf[B_Q], .k = buf[B_K], .v = buf[B_V], .att = buf[B_ATT],
         .hb = buf[B_HB], .hb2 = buf[B_HB2], .scores = buf[B_SCORES], .rope_cos = buf[B_COS],
         .rope_sin = buf[B_SIN], .key_cache = buf[B_KEY], .val_cache = buf[B_VAL],
         .work = work ? buf[B_WORK] : NULL,
@@ -293,21 +313,23 @@ static sm_status forward_step(sm_context *c, const int32_t *tokens, int64_t T, f
     }
 
     for (int64_t l = 0; l < f->n_layers; l++) {
-        float *kc = c->key_cache + l * c->n_ctx * kv_dim; // (n_ctx, kv_dim)
-        float *vc = c->val_cache + l * c->n_ctx * kv_dim; // (n_ctx, kv_dim)
+        float *kc = c->key_cache + l * c->n_ctx * kv_dim; // (n_kv_heads, n_ctx, hd)
+        float *vc = c->val_cache + l * c->n_ctx * kv_dim; // (n_kv_heads, n_ctx, hd)
         const float *bias = m->bias ? m->bias + l * (q_dim + 2 * kv_dim) : NULL;
 
         // attention block
         rmsnorm_forward(c->xb, c->x, m->rms_att + l * dim, T, dim, f->rms_eps);
         TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_Q), T, c->xb, c->q, bias));
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_K), T, c->xb, kc + pos * kv_dim,
+        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_K), T, c->xb, c->k,
                            bias ? bias + q_dim : NULL));
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_V), T, c->xb, vc + pos * kv_dim,
+        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_V), T, c->xb, c->v,
                            bias ? bias + q_dim + kv_dim : NULL));
         rope_forward(c->q, T, q_dim, f->n_heads, hd, pos, f->rope_layout, c->rope_cos,
                      c->rope_sin);
-        rope_forward(kc + pos * kv_dim, T, kv_dim, f->n_kv_heads, hd, pos, f->rope_layout,
-                     c->rope_cos, c->rope_sin);
+        rope_forward(c->k, T, kv_dim, f->n_kv_heads, hd, pos, f->rope_layout, c->rope_cos,
+                     c->rope_sin);
+        cache_store(kc, c->k, T, pos, f->n_kv_heads, hd, c->n_ctx);
+        cache_store(vc, c->v, T, pos, f->n_kv_heads, hd, c->n_ctx);
         attention_forward(c->att, c->q, kc, vc, c->scores, T, pos, f->n_heads, f->n_kv_heads, hd,
                           c->n_ctx);
         TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_O), T, c->att, c->xb2, NULL));
