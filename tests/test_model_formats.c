@@ -275,6 +275,7 @@ static void test_forms(void) {
             }
         make_hf_dir(rsub, NULL);
         write_st(path_in(rsub, "model.safetensors"), SM_DTYPE_F32, 0, 0);
+        for (int i = 0; i < g_nt; i++) free(g_t[i].data);
         g_nt = 0; // restore the exact weights
         read_all_tensors();
         if (!prompt_logits(path_in(rsub, NULL), rounded, NULL) ||
@@ -679,6 +680,22 @@ static void test_tied_with_unused_head(void) {
     CHECK_OK(sm_op_to_dense(sm_model_linear(m, 28), w));
     const tensor *e = find("model.embed_tokens.weight");
     if (e) check_close("tied head = embedding", w, e->data, 256 * 256, 0);
+    // Giving it the stored lm_head unties it, and the embedding (a view of the old head's
+    // matrix until now) survives: the logits are the original untied model's.
+    const tensor *h = find("lm_head.weight");
+    sm_op *op = NULL;
+    if (h) CHECK_OK(sm_op_fit(h->data, 256, 256, "dense", NULL, &op));
+    if (op) CHECK_OK(sm_model_linear_set(m, 28, op));
+    sm_model_get_info(m, &fi);
+    CHECK(!fi.tied && fi.embed_bytes == 4 * 256 * 256);
+    static float ref[T * V], got[T * V];
+    sm_context *c = NULL;
+    int32_t ids[T];
+    for (int i = 0; i < T; i++) ids[i] = (unsigned char)PROMPT[i];
+    CHECK_OK(sm_context_init(m, 64, 0, &c));
+    if (c) CHECK_OK(sm_context_forward(c, ids, T, SM_LOGITS_ALL, got));
+    sm_context_free(c);
+    if (prompt_logits(MODEL, ref, NULL)) check_close("re-untied vs original", got, ref, T * V, 0);
     sm_model_free(m);
 }
 

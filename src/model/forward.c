@@ -202,9 +202,10 @@ sm_status sm_context_init(const sm_model *mc, int64_t n_ctx, int64_t n_batch, sm
     if (n_batch > n_ctx) n_batch = n_ctx;
     int64_t q_dim = sm_model_q_dim(m), kv_dim = sm_model_kv_dim(m);
     size_t work = 0;
-    for (int64_t k = 0; k < f->n_linear; k++) {
-        size_t w = sm_op_workspace(m->ops[k], n_batch);
-        if (w > work) work = w;
+    for (int64_t k = 0; k < f->n_linear; k++) { // decode (N = 1) may take another path
+        size_t w1 = sm_op_workspace(m->ops[k], 1), wb = sm_op_workspace(m->ops[k], n_batch);
+        if (w1 > work) work = w1;
+        if (wb > work) work = wb;
     }
     size_t count[B_N] = {
         [B_X] = (size_t)(n_batch * f->dim),
