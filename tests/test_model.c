@@ -6,6 +6,8 @@
 #include "testutil.h"
 
 #include <cJSON.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define MODEL "models/shakespeare-llama-3m"
 #define TEXT "data/tinyshakespeare.txt"
@@ -207,7 +209,71 @@ static void test_info(const sm_model *m) {
     CHECK(sm_op_rows(sm_model_linear(m, 1)) == 128 && sm_op_cols(sm_model_linear(m, 6)) == 768);
 }
 
-int main(void) {
+// --- allocation failures -----------------------------------------------------------------------
+
+// Child: load a model, make a context, run a prefill and a decode step, sample, tokenize; the
+// k-th library allocation and all later ones fail (STRUCTMAT_FAIL_ALLOC_AFTER). Exit 0 on a clean
+// SM_ERR_ALLOC, 2 when every step succeeded (k is past the last allocation), 1 otherwise.
+static int alloc_child(const char *path) {
+    sm_model *m = NULL;
+    sm_context *c = NULL;
+    sm_sampler *smp = NULL;
+    sm_tokenizer *tok = NULL;
+    int32_t *ids = NULL, next;
+    int64_t n = 0;
+    float logits[512];
+    sm_status s = sm_model_load(path, &m);
+    if (s == SM_OK) s = sm_context_init(m, 32, 4, &c);
+    if (s == SM_OK) s = sm_context_forward(c, (int32_t[6]){1, 2, 3, 4, 5, 6}, 6, SM_LOGITS_LAST,
+                                           logits);
+    if (s == SM_OK)
+        s = sm_sampler_init(&(sm_sampler_params){.temperature = 1, .top_p = 0.9f, .seed = 1}, 256,
+                            &smp);
+    if (s == SM_OK) {
+        next = sm_sampler_sample(smp, logits);
+        s = sm_context_forward(c, &next, 1, SM_LOGITS_LAST, logits);
+    }
+    if (s == SM_OK) s = sm_tokenizer_init_bytes(&tok);
+    if (s == SM_OK) s = sm_tokenizer_encode(tok, "abc", 3, true, &ids, &n);
+    free(ids);
+    sm_tokenizer_free(tok);
+    sm_sampler_free(smp);
+    sm_context_free(c);
+    sm_model_free(m);
+    if (s == SM_OK) return 2;
+    if (s == SM_ERR_ALLOC && strstr(sm_last_error(), "out of memory")) return 0;
+    fprintf(stderr, "%s: %s: %s\n", path, sm_status_str(s), sm_last_error());
+    return 1;
+}
+
+static void test_alloc_failures(void) {
+    const char *paths[] = {"models/stories260K.bin", MODEL};
+    for (size_t p = 0; p < 2; p++) {
+        int k = 1, status = 0;
+        for (; k <= 1000; k++) {
+            pid_t pid = fork();
+            if (pid == 0) {
+                char v[16];
+                snprintf(v, sizeof v, "%d", k);
+                setenv("STRUCTMAT_FAIL_ALLOC_AFTER", v, 1);
+                execl("/proc/self/exe", "test_model", "--alloc-child", paths[p], (char *)NULL);
+                _exit(127);
+            }
+            CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) break;
+        }
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 2 || k == 1) {
+            fprintf(stderr, "%s with allocation %d failing: child status %d (signal %d)\n",
+                    paths[p], k, WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                    WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+            g_failures++;
+        }
+        if (getenv("SM_VERBOSE")) fprintf(stderr, "%s: %d allocations\n", paths[p], k - 1);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--alloc-child")) return alloc_child(argv[2]);
     size_t len;
     char *json = read_all(MODEL "/reference.json", &len);
     g_ref = json ? cJSON_Parse(json) : NULL;
@@ -220,6 +286,7 @@ int main(void) {
         test_val_nll(m);
         test_prompt(m);
         test_forward_errors(m);
+        test_alloc_failures();
     }
     sm_model_free(m);
     cJSON_Delete(g_ref);
