@@ -60,8 +60,8 @@ typedef struct sm_model sm_model;
 typedef enum sm_rope_layout { SM_ROPE_HALF = 0, SM_ROPE_INTERLEAVED = 1 } sm_rope_layout;
 
 typedef struct sm_model_info {
-    char arch[16];   // "llama" or "qwen2" (model_type; llama2.c checkpoints: "llama")
-    char format[16]; // "safetensors" or "llama2c"
+    char arch[16];      // "llama" or "qwen2" (model_type; llama2.c checkpoints: "llama")
+    char format[16];    // "safetensors" or "llama2c"
     int64_t dim;        // hidden size
     int64_t hidden_dim; // MLP intermediate size
     int64_t n_layers, n_heads, n_kv_heads, head_dim;
@@ -77,8 +77,8 @@ typedef struct sm_model_info {
     int64_t n_linear;      // 7 n_layers + 1 operators (see sm_model_linear)
     int64_t linear_params; // sums over the linear operators, lm_head included (DESIGN.md's size)
     int64_t linear_bytes;
-    int64_t embed_bytes;   // the token embedding table (0 when it is a view of a tied lm_head)
-    int64_t other_bytes;   // norms and biases (F32)
+    int64_t embed_bytes; // the token embedding table (0 when it is a view of a tied lm_head)
+    int64_t other_bytes; // norms and biases (F32)
 } sm_model_info;
 
 // Loads a model from
@@ -102,7 +102,7 @@ const char *sm_model_linear_name(const sm_model *m, int64_t i);
 // the operators they were created with). Replacing a tied lm_head unties it.
 sm_status sm_model_linear_set(sm_model *m, int64_t i, sm_op *op);
 
-// --- contexts: one sequence's activations and KV cache --------------------------------------------
+// --- contexts: one sequence's activations and KV cache -------------------------------------------
 
 typedef struct sm_context sm_context;
 
@@ -111,8 +111,8 @@ typedef struct sm_context sm_context;
 // Everything a forward pass needs is allocated here, in one arena: no allocation per token.
 sm_status sm_context_init(const sm_model *m, int64_t n_ctx, int64_t n_batch, sm_context **out);
 void sm_context_free(sm_context *c);
-int64_t sm_context_size(const sm_context *c); // n_ctx
-int64_t sm_context_pos(const sm_context *c);  // tokens in the cache so far
+int64_t sm_context_size(const sm_context *c);  // n_ctx
+int64_t sm_context_pos(const sm_context *c);   // tokens in the cache so far
 size_t sm_context_nbytes(const sm_context *c); // bytes of its arena (KV cache included)
 // Keeps the first pos tokens of the cache and forgets the rest (0: start a new sequence).
 sm_status sm_context_rewind(sm_context *c, int64_t pos);
@@ -129,7 +129,7 @@ typedef enum sm_logits {
 sm_status sm_context_forward(sm_context *c, const int32_t *tokens, int64_t n, sm_logits which,
                              float *logits);
 
-// --- tokenizers ------------------------------------------------------------------------------------
+// --- tokenizers ----------------------------------------------------------------------------------
 
 typedef struct sm_tokenizer sm_tokenizer;
 
@@ -157,7 +157,7 @@ sm_status sm_tokenizer_encode(const sm_tokenizer *t, const char *text, size_t le
 // An id outside the vocabulary gives "" (len 0).
 const char *sm_tokenizer_decode(const sm_tokenizer *t, int32_t prev, int32_t id, size_t *len);
 
-// --- sampling ----------------------------------------------------------------------------------------
+// --- sampling ------------------------------------------------------------------------------------
 
 typedef struct sm_sampler sm_sampler;
 

@@ -81,8 +81,8 @@ static void test_val_nll(const sm_model *m) {
 }
 
 static void test_prompt(const sm_model *m) {
-    const char *prompt = ((const cJSON *)cJSON_GetObjectItemCaseSensitive(g_ref, "prompt"))
-                             ->valuestring;
+    const char *prompt =
+        ((const cJSON *)cJSON_GetObjectItemCaseSensitive(g_ref, "prompt"))->valuestring;
     sm_tokenizer *tok = NULL;
     CHECK_OK(sm_tokenizer_load_for_model(MODEL, m, &tok));
     if (!tok) return;
@@ -224,8 +224,8 @@ static int alloc_child(const char *path) {
     float logits[512];
     sm_status s = sm_model_load(path, &m);
     if (s == SM_OK) s = sm_context_init(m, 32, 4, &c);
-    if (s == SM_OK) s = sm_context_forward(c, (int32_t[6]){1, 2, 3, 4, 5, 6}, 6, SM_LOGITS_LAST,
-                                           logits);
+    if (s == SM_OK)
+        s = sm_context_forward(c, (int32_t[6]){1, 2, 3, 4, 5, 6}, 6, SM_LOGITS_LAST, logits);
     if (s == SM_OK)
         s = sm_sampler_init(&(sm_sampler_params){.temperature = 1, .top_p = 0.9f, .seed = 1}, 256,
                             &smp);

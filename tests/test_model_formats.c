@@ -110,8 +110,8 @@ static void write_st(const char *path, sm_dtype dtype, int i0, int i1) {
         if (dtype != SM_DTYPE_F32) {
             half[i] = malloc((size_t)t->n * 2);
             for (int64_t j = 0; j < t->n; j++)
-                half[i][j] = dtype == SM_DTYPE_BF16 ? sm_f32_to_bf16(t->data[j])
-                                                    : sm_f32_to_f16(t->data[j]);
+                half[i][j] =
+                    dtype == SM_DTYPE_BF16 ? sm_f32_to_bf16(t->data[j]) : sm_f32_to_f16(t->data[j]);
             data = half[i];
             es = 2;
         }
@@ -147,7 +147,7 @@ static int prompt_logits(const char *path, float *logits, sm_model_info *info) {
     return c != NULL;
 }
 
-// --- llama2.c files --------------------------------------------------------------------------------
+// --- llama2.c files ------------------------------------------------------------------------------
 
 static void put(FILE *f, const float *x, int64_t n) {
     CHECK(fwrite(x, sizeof(float), (size_t)n, f) == (size_t)n);
@@ -170,8 +170,8 @@ static void put_layers(FILE *f, const char *name, int heads) {
         for (int h = 0; h < heads; h++)
             for (int j = 0; j < 2; j++)
                 for (int64_t i = 0; i < half; i++)
-                    memcpy(p + (h * hd + 2 * i + j) * cols, t->data + (h * hd + j * half + i) * cols,
-                           sizeof(float) * (size_t)cols);
+                    memcpy(p + (h * hd + 2 * i + j) * cols,
+                           t->data + (h * hd + j * half + i) * cols, sizeof(float) * (size_t)cols);
         put(f, p, t->n);
         free(p);
     }
@@ -222,7 +222,7 @@ static void write_llama2c(const char *path, int version) {
     fclose(f);
 }
 
-// --- the forms against the original ------------------------------------------------------------------
+// --- the forms against the original --------------------------------------------------------------
 
 static void test_forms(void) {
     static float ref[T * V], got[T * V], rounded[T * V];
@@ -243,8 +243,10 @@ static void test_forms(void) {
     char index[8192];
     size_t len = (size_t)snprintf(index, sizeof index, "{\"metadata\": {}, \"weight_map\": {");
     for (int i = 0; i < g_nt; i++)
-        len += (size_t)snprintf(index + len, sizeof index - len, "%s\"%s\": \"model-0000%d-of-00002"
-                                ".safetensors\"", i ? ", " : "", g_t[i].name, i < half ? 1 : 2);
+        len += (size_t)snprintf(index + len, sizeof index - len,
+                                "%s\"%s\": \"model-0000%d-of-00002"
+                                ".safetensors\"",
+                                i ? ", " : "", g_t[i].name, i < half ? 1 : 2);
     snprintf(index + len, sizeof index - len, "}}");
     write_text(path_in("sharded", "model.safetensors.index.json"), index);
     if (prompt_logits(path_in("sharded", NULL), got, NULL))
@@ -269,8 +271,8 @@ static void test_forms(void) {
         for (int i = 0; i < g_nt; i++)
             for (int64_t j = 0; j < g_t[i].n; j++) {
                 float x = g_t[i].data[j];
-                g_t[i].data[j] = k ? sm_f16_to_f32(sm_f32_to_f16(x))
-                                   : sm_bf16_to_f32(sm_f32_to_bf16(x));
+                g_t[i].data[j] =
+                    k ? sm_f16_to_f32(sm_f32_to_f16(x)) : sm_bf16_to_f32(sm_f32_to_bf16(x));
                 (void)x;
             }
         make_hf_dir(rsub, NULL);
@@ -289,8 +291,8 @@ static void test_forms(void) {
         sm_model *m = NULL;
         CHECK_OK(sm_model_load(path_in(sub, NULL), &m));
         if (m) {
-            CHECK(!strcmp(sm_op_spec(sm_model_linear(m, 3)), k ? "dense:dtype=f16"
-                                                               : "dense:dtype=bf16"));
+            CHECK(!strcmp(sm_op_spec(sm_model_linear(m, 3)),
+                          k ? "dense:dtype=f16" : "dense:dtype=bf16"));
             CHECK(sm_op_nbytes(sm_model_linear(m, 28)) == 2 * 256 * 256);
         }
         sm_model_free(m);
@@ -314,8 +316,8 @@ static void test_operator_checkpoint(void) {
     char names[3][16][128];
     for (int i = 0; i < g_nt; i++) {
         bool stored_as_op = false;
-        for (int j = 0; j < k; j++) stored_as_op |= !strcmp(g_t[i].name,
-                                                          sm_model_linear_name(orig, idx[j]));
+        for (int j = 0; j < k; j++)
+            stored_as_op |= !strcmp(g_t[i].name, sm_model_linear_name(orig, idx[j]));
         if (!stored_as_op)
             CHECK_OK(sm_st_writer_add(w, g_t[i].name, SM_DTYPE_F32, g_t[i].ndim, g_t[i].shape,
                                       g_t[i].data, (size_t)g_t[i].n * 4));
@@ -374,9 +376,19 @@ static void test_operator_checkpoint(void) {
         check_close("operator checkpoint vs operators set in memory", got, want, T * V, 0);
 }
 
-// --- a tiny random Qwen2-style model against a double-precision forward ------------------------------
+// --- a tiny random Qwen2-style model against a double-precision forward --------------------------
 
-enum { TD = 24, TH = 40, TL = 2, TNH = 4, TKV = 2, THD = 8, TV = 50, TQ = TNH * THD, TK = TKV * THD };
+enum {
+    TD = 24,
+    TH = 40,
+    TL = 2,
+    TNH = 4,
+    TKV = 2,
+    THD = 8,
+    TV = 50,
+    TQ = TNH * THD,
+    TK = TKV * THD
+};
 #define THETA 5000.0
 #define EPS 1e-6
 
@@ -488,12 +500,12 @@ static void test_tiny_qwen2(void) {
     sm_st_writer *wr = sm_st_writer_init();
     char names[64][96];
     int nn = 0;
-#define ADD(data, r, c)                                                                          \
-    do {                                                                                         \
-        int64_t shp[2] = {(r), (c)};                                                             \
-        CHECK_OK(sm_st_writer_add(wr, names[nn], SM_DTYPE_F32, (c) ? 2 : 1, shp, (data),        \
-                                  sizeof(float) * (size_t)((r) * ((c) ? (c) : 1))));             \
-        nn++;                                                                                    \
+#define ADD(data, r, c)                                                                            \
+    do {                                                                                           \
+        int64_t shp[2] = {(r), (c)};                                                               \
+        CHECK_OK(sm_st_writer_add(wr, names[nn], SM_DTYPE_F32, (c) ? 2 : 1, shp, (data),           \
+                                  sizeof(float) * (size_t)((r) * ((c) ? (c) : 1))));               \
+        nn++;                                                                                      \
     } while (0)
     snprintf(names[nn], 96, "model.embed_tokens.weight");
     ADD(w.emb, TV, TD);
@@ -562,7 +574,7 @@ static void test_tiny_qwen2(void) {
     sm_model_free(m);
 }
 
-// --- bad checkpoints ---------------------------------------------------------------------------------
+// --- bad checkpoints -----------------------------------------------------------------------------
 
 // A directory with k_config edited (from -> to) and a link to the real weights.
 static void edited_dir(const char *sub, const char *from, const char *to) {
@@ -590,18 +602,19 @@ static void test_bad_checkpoints(void) {
     config_case("nohidden", "\"hidden_size\": 256, ", "", SM_ERR_FORMAT, "missing \"hidden_size\"");
     config_case("notype", "\"model_type\": \"llama\", ", "", SM_ERR_FORMAT,
                 "missing \"model_type\"");
-    config_case("ffn512", "\"intermediate_size\": 768", "\"intermediate_size\": 512",
-                SM_ERR_SHAPE, "\"model.layers.0.mlp.gate_proj.weight\" has shape [768, 256], "
+    config_case("ffn512", "\"intermediate_size\": 768", "\"intermediate_size\": 512", SM_ERR_SHAPE,
+                "\"model.layers.0.mlp.gate_proj.weight\" has shape [768, 256], "
                 "the config implies [512, 256]");
     config_case("kv2", "\"num_key_value_heads\": 4", "\"num_key_value_heads\": 2", SM_ERR_SHAPE,
                 "k_proj.weight\" has shape [128, 256], the config implies [64, 256]");
-    config_case("gpt2", "\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"",
-                SM_ERR_UNSUPPORTED, "unknown architecture: model_type \"gpt2\"");
+    config_case("gpt2", "\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"", SM_ERR_UNSUPPORTED,
+                "unknown architecture: model_type \"gpt2\"");
     config_case("cls", "LlamaForCausalLM", "LlamaForSequenceClassification", SM_ERR_UNSUPPORTED,
                 "unknown architecture \"LlamaForSequenceClassification\"");
     config_case("gelu", "\"silu\"", "\"gelu\"", SM_ERR_UNSUPPORTED, "hidden_act \"gelu\"");
-    config_case("scaled", "\"rope_theta\": 10000.0", "\"rope_scaling\": {\"rope_type\": \"llama3\"}",
-                SM_ERR_UNSUPPORTED, "rope_scaling \"llama3\"");
+    config_case("scaled", "\"rope_theta\": 10000.0",
+                "\"rope_scaling\": {\"rope_type\": \"llama3\"}", SM_ERR_UNSUPPORTED,
+                "rope_scaling \"llama3\"");
     sm_model *m = NULL;
     CHECK_FAIL(sm_model_load(path_in("absent", NULL), &m), SM_ERR_IO, "no such file");
 
@@ -661,8 +674,8 @@ static void test_bad_checkpoints(void) {
     CHECK_OK(sm_model_load("models/stories260K.bin", &m));
     sm_tokenizer *tok = NULL;
     if (m)
-        CHECK_FAIL(sm_tokenizer_load_for_model("models/stories260K.bin", m, &tok),
-                   SM_ERR_NOT_FOUND, "not byte-level: give token ids");
+        CHECK_FAIL(sm_tokenizer_load_for_model("models/stories260K.bin", m, &tok), SM_ERR_NOT_FOUND,
+                   "not byte-level: give token ids");
     sm_model_free(m);
 }
 

@@ -79,8 +79,7 @@ int main(void) {
     CHECK(counts[2] == 0 && counts[3] == 0);
     // Equal probabilities: the nucleus of top_p 0.5 is the two lowest ids.
     float flat[4] = {0, 0, 0, 0};
-    draw(&(sm_sampler_params){.temperature = 1, .top_p = 0.5f, .seed = 10}, flat, 4, DRAWS,
-         counts);
+    draw(&(sm_sampler_params){.temperature = 1, .top_p = 0.5f, .seed = 10}, flat, 4, DRAWS, counts);
     double half[4] = {0.5, 0.5, 0, 0};
     check_freq("top-p ties", counts, half, 4, DRAWS);
     // top_p below every probability: the top token only.

@@ -14,7 +14,7 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// --- the vocabulary ---------------------------------------------------------------------------------
+// --- the vocabulary ------------------------------------------------------------------------------
 
 #define MAXV 400
 static char *g_piece[MAXV];
@@ -36,12 +36,33 @@ static void build_vocab(void) {
         snprintf(p, sizeof p, "<0x%02X>", b);
         add(p, 0);
     }
-    const char *pieces[] = {" ", "a", "b", "c", "h", "e", "l", "o", "\xc3\xa9" /* é */,
-                            "ab", "bc", "abc", " a", "aa", "he", "ll", "llo", "hello", " hello",
-                            " h", "lo", "é\xc3\xa9" /* "éé" */, "cb", " ab", "zz"};
-    const float scores[] = {-100, -100, -100, -100, -100, -100, -100, -100, -100,
-                            -1,   -2,   -0.5, -3,   -1,   -4,   -5,   -6,   -7,  -8,
-                            -9,   -5,   -2,   -2,   -11,  -1};
+    const char *pieces[] = {" ",
+                            "a",
+                            "b",
+                            "c",
+                            "h",
+                            "e",
+                            "l",
+                            "o",
+                            "\xc3\xa9" /* é */,
+                            "ab",
+                            "bc",
+                            "abc",
+                            " a",
+                            "aa",
+                            "he",
+                            "ll",
+                            "llo",
+                            "hello",
+                            " hello",
+                            " h",
+                            "lo",
+                            "é\xc3\xa9" /* "éé" */,
+                            "cb",
+                            " ab",
+                            "zz"};
+    const float scores[] = {-100, -100, -100, -100, -100, -100, -100, -100, -100, -1, -2,  -0.5, -3,
+                            -1,   -4,   -5,   -6,   -7,   -8,   -9,   -5,   -2,   -2, -11, -1};
     for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++) add(pieces[i], scores[i]);
     add("a", 5); // a duplicate piece: lookups give the lowest id, as run.c's first match
 }
@@ -66,7 +87,7 @@ static void write_tokenizer(const char *path, int count, int cut) {
     if (cut) CHECK(truncate(path, cut) == 0);
 }
 
-// --- run.c's encode(), transcribed literally (quadratic rescans, string lookups) ---------------------
+// --- run.c's encode(), transcribed literally (quadratic rescans, string lookups) -----------------
 
 static int lookup_ref(const char *s) {
     for (int i = 0; i < g_nv; i++) // first match = lowest id
@@ -113,7 +134,7 @@ static int encode_ref(const char *text, int *tokens) {
     return n;
 }
 
-// --- tests --------------------------------------------------------------------------------------------
+// --- tests ---------------------------------------------------------------------------------------
 
 static void check_ids(const char *what, const int32_t *got, int64_t n, const int *want, int nw) {
     int64_t i = 0;
@@ -207,8 +228,8 @@ static void test_bin(const char *dir) {
     CHECK(len == 0);
 
     // Random texts: the same ids as run.c's algorithm, and decoding after BOS gives the text.
-    const char *alphabet[] = {"a", "b", "c", "h", "e", "l", "o", " ", "\xc3\xa9", "z",
-                              "\xe2\x82\xac", "\xff"};
+    const char *alphabet[] = {
+        "a", "b", "c", "h", "e", "l", "o", " ", "\xc3\xa9", "z", "\xe2\x82\xac", "\xff"};
     unsigned long long s = 12345;
     for (int k = 0; k < 600; k++) {
         char text[256] = "";

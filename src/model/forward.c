@@ -30,23 +30,23 @@ struct sm_context {
     int64_t n_ctx, n_batch, pos;
     void *arena;
     size_t nbytes;
-    float *x;          // (n_batch, dim) residual stream
-    float *xb;         // (n_batch, dim) normed input of a sublayer
-    float *xb2;        // (n_batch, dim) sublayer output before the residual add
-    float *q;          // (n_batch, q_dim) queries, rotate-half order per head
-    float *k;          // (n_batch, kv_dim) keys of this step, before they go to the cache
-    float *v;          // (n_batch, kv_dim) values of this step
-    float *att;        // (n_batch, q_dim) attention output, heads side by side
-    float *hb;         // (n_batch, hidden_dim) gate, then silu(gate) * up
-    float *hb2;        // (n_batch, hidden_dim) up
-    float *scores;     // (n_heads, n_ctx) attention weights, one row per head
-    float *rope_cos;   // (n_ctx, head_dim / 2)
-    float *rope_sin;   // (n_ctx, head_dim / 2)
+    float *x;        // (n_batch, dim) residual stream
+    float *xb;       // (n_batch, dim) normed input of a sublayer
+    float *xb2;      // (n_batch, dim) sublayer output before the residual add
+    float *q;        // (n_batch, q_dim) queries, rotate-half order per head
+    float *k;        // (n_batch, kv_dim) keys of this step, before they go to the cache
+    float *v;        // (n_batch, kv_dim) values of this step
+    float *att;      // (n_batch, q_dim) attention output, heads side by side
+    float *hb;       // (n_batch, hidden_dim) gate, then silu(gate) * up
+    float *hb2;      // (n_batch, hidden_dim) up
+    float *scores;   // (n_heads, n_ctx) attention weights, one row per head
+    float *rope_cos; // (n_ctx, head_dim / 2)
+    float *rope_sin; // (n_ctx, head_dim / 2)
     // Head-major caches: one head's keys (values) for all positions are contiguous, so the
     // attention of a head streams them in order.
-    float *key_cache;  // (n_layers, n_kv_heads, n_ctx, head_dim) keys after RoPE
-    float *val_cache;  // (n_layers, n_kv_heads, n_ctx, head_dim)
-    float *work;       // operator scratch: the most any operator needs for n_batch rows
+    float *key_cache; // (n_layers, n_kv_heads, n_ctx, head_dim) keys after RoPE
+    float *val_cache; // (n_layers, n_kv_heads, n_ctx, head_dim)
+    float *work;      // operator scratch: the most any operator needs for n_batch rows
 };
 
 // --- layers -------------------------------------------------------------------------------------
@@ -66,9 +66,8 @@ static void rmsnorm_forward(float *out, const float *x, const float *w, int64_t 
 
 // Rotates each head of x (T rows of n_heads heads, row stride ld) by the angles of positions
 // pos0 .. pos0 + T - 1, leaving every pair j at (j, j + head_dim/2).
-static void rope_forward(float *x, int64_t T, int64_t ld, int64_t n_heads, int64_t hd,
-                         int64_t pos0, sm_rope_layout layout, const float *cos_tab,
-                         const float *sin_tab) {
+static void rope_forward(float *x, int64_t T, int64_t ld, int64_t n_heads, int64_t hd, int64_t pos0,
+                         sm_rope_layout layout, const float *cos_tab, const float *sin_tab) {
     int64_t half = hd / 2;
     for (int64_t t = 0; t < T; t++) {
         const float *c = cos_tab + (pos0 + t) * half; // (half)
@@ -125,7 +124,7 @@ static void attention_forward(float *out, const float *q, const float *kc, const
     // threads of the next GEMV, and one core streams the cache at full speed anyway.
 #pragma omp parallel for schedule(static) if (T > 1 && T * (pos0 + T) * q_dim > 32768)
     for (int64_t h = 0; h < n_heads; h++) {
-        float *sc = scores + h * n_ctx;                   // (n_ctx)
+        float *sc = scores + h * n_ctx;                  // (n_ctx)
         const float *kh = kc + (h / group) * n_ctx * hd; // (n_ctx, hd) this head's keys
         const float *vh = vc + (h / group) * n_ctx * hd; // (n_ctx, hd) and values
         for (int64_t t = 0; t < T; t++) {
@@ -178,14 +177,31 @@ static sm_status linear_forward(const sm_context *c, const sm_op *op, int64_t T,
     return SM_OK;
 }
 
-// --- contexts ---------------------------------------------------------------------------------------
+// --- contexts ------------------------------------------------------------------------------------
 
 static size_t round64(size_t n) {
     return (n + 63) & ~(size_t)63;
 }
 
 // The float count of each arena buffer, in the order they are laid out.
-enum { B_X, B_XB, B_XB2, B_Q, B_K, B_V, B_ATT, B_HB, B_HB2, B_SCORES, B_COS, B_SIN, B_KEY, B_VAL, B_WORK, B_N };
+enum {
+    B_X,
+    B_XB,
+    B_XB2,
+    B_Q,
+    B_K,
+    B_V,
+    B_ATT,
+    B_HB,
+    B_HB2,
+    B_SCORES,
+    B_COS,
+    B_SIN,
+    B_KEY,
+    B_VAL,
+    B_WORK,
+    B_N
+};
 
 sm_status sm_context_init(const sm_model *mc, int64_t n_ctx, int64_t n_batch, sm_context **out) {
     *out = NULL;
@@ -231,8 +247,10 @@ sm_status sm_context_init(const sm_model *mc, int64_t n_ctx, int64_t n_batch, sm
     if (!c || !arena) {
         free(c);
         sm_free(arena);
-        return sm_fail(SM_ERR_ALLOC, "context: out of memory for %zu bytes (n_ctx %lld, n_batch "
-                       "%lld)", bytes, (long long)n_ctx, (long long)n_batch);
+        return sm_fail(SM_ERR_ALLOC,
+                       "context: out of memory for %zu bytes (n_ctx %lld, n_batch "
+                       "%lld)",
+                       bytes, (long long)n_ctx, (long long)n_batch);
     }
     float *buf[B_N];
     char *p = arena;
@@ -241,10 +259,25 @@ sm_status sm_context_init(const sm_model *mc, int64_t n_ctx, int64_t n_batch, sm
         p += round64(count[b] * sizeof(float));
     }
     *c = (sm_context){
-        .m = m, .n_ctx = n_ctx, .n_batch = n_batch, .arena = arena, .nbytes = bytes,
-        .x = buf[B_X], .xb = buf[B_XB], .xb2 = buf[B_XB2], .q = buf[B_Q], .k = buf[B_K], .v = buf[B_V], .att = buf[B_ATT],
-        .hb = buf[B_HB], .hb2 = buf[B_HB2], .scores = buf[B_SCORES], .rope_cos = buf[B_COS],
-        .rope_sin = buf[B_SIN], .key_cache = buf[B_KEY], .val_cache = buf[B_VAL],
+        .m = m,
+        .n_ctx = n_ctx,
+        .n_batch = n_batch,
+        .arena = arena,
+        .nbytes = bytes,
+        .x = buf[B_X],
+        .xb = buf[B_XB],
+        .xb2 = buf[B_XB2],
+        .q = buf[B_Q],
+        .k = buf[B_K],
+        .v = buf[B_V],
+        .att = buf[B_ATT],
+        .hb = buf[B_HB],
+        .hb2 = buf[B_HB2],
+        .scores = buf[B_SCORES],
+        .rope_cos = buf[B_COS],
+        .rope_sin = buf[B_SIN],
+        .key_cache = buf[B_KEY],
+        .val_cache = buf[B_VAL],
         .work = work ? buf[B_WORK] : NULL,
     };
     // Angles in F32 as Hugging Face (inv_freq, then position * inv_freq) and llama2.c compute
@@ -290,7 +323,7 @@ sm_status sm_context_rewind(sm_context *c, int64_t pos) {
     return SM_OK;
 }
 
-// --- forward --------------------------------------------------------------------------------------
+// --- forward -------------------------------------------------------------------------------------
 
 // One step of T <= n_batch tokens at c->pos. logits: NULL, (vocab) for the last token (last_only)
 // or (T, vocab).
@@ -301,9 +334,9 @@ static sm_status forward_step(sm_context *c, const int32_t *tokens, int64_t T, f
     int64_t dim = f->dim, hd = f->head_dim, hidden = f->hidden_dim, pos = c->pos;
     int64_t q_dim = sm_model_q_dim(m), kv_dim = sm_model_kv_dim(m);
     sm_status st = SM_OK;
-#define TRY(x)                                                                                   \
-    do {                                                                                         \
-        if ((st = (x)) != SM_OK) return st;                                                      \
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        if ((st = (x)) != SM_OK) return st;                                                        \
     } while (0)
 
     // x (T, dim) = the embedding rows of the tokens
@@ -325,8 +358,7 @@ static sm_status forward_step(sm_context *c, const int32_t *tokens, int64_t T, f
                            bias ? bias + q_dim : NULL));
         TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_V), T, c->xb, c->v,
                            bias ? bias + q_dim + kv_dim : NULL));
-        rope_forward(c->q, T, q_dim, f->n_heads, hd, pos, f->rope_layout, c->rope_cos,
-                     c->rope_sin);
+        rope_forward(c->q, T, q_dim, f->n_heads, hd, pos, f->rope_layout, c->rope_cos, c->rope_sin);
         rope_forward(c->k, T, kv_dim, f->n_kv_heads, hd, pos, f->rope_layout, c->rope_cos,
                      c->rope_sin);
         cache_store(kc, c->k, T, pos, f->n_kv_heads, hd, c->n_ctx);

@@ -26,8 +26,8 @@ typedef struct hf_ctx {
 static void shape_str(const sm_tensor_info *t, char *buf, size_t cap) {
     size_t len = (size_t)snprintf(buf, cap, "[");
     for (int d = 0; d < t->ndim && len < cap; d++)
-        len += (size_t)snprintf(buf + len, cap - len, "%s%lld", d ? ", " : "",
-                                (long long)t->shape[d]);
+        len +=
+            (size_t)snprintf(buf + len, cap - len, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
     if (len < cap) snprintf(buf + len, cap - len, "]");
 }
 
@@ -68,17 +68,30 @@ static sm_status load_op(const hf_ctx *h, const char *name, int64_t rows, int64_
     if ((s = check_shape(t, 2, rows, cols)) != SM_OK) return s;
     const char *spec = NULL;
     switch (t->dtype) {
-    case SM_DTYPE_F32: spec = "dense"; break;
-    case SM_DTYPE_F16: spec = "dense:dtype=f16"; break;
-    case SM_DTYPE_BF16: spec = "dense:dtype=bf16"; break;
-    case SM_DTYPE_F64: break; // converted to F32 below
+    case SM_DTYPE_F32:
+        spec = "dense";
+        break;
+    case SM_DTYPE_F16:
+        spec = "dense:dtype=f16";
+        break;
+    case SM_DTYPE_BF16:
+        spec = "dense:dtype=bf16";
+        break;
+    case SM_DTYPE_F64:
+        break; // converted to F32 below
     default:
-        return sm_fail(SM_ERR_UNSUPPORTED, "%s: tensor \"%s\" is %s (F32, F16, BF16 or F64 "
-                       "expected)", t->file, name, t->dtype_name);
+        return sm_fail(SM_ERR_UNSUPPORTED,
+                       "%s: tensor \"%s\" is %s (F32, F16, BF16 or F64 "
+                       "expected)",
+                       t->file, name, t->dtype_name);
     }
     if (spec) {
-        sm_part p = {.name = "W", .dtype = t->dtype, .ndim = 2, .shape = {rows, cols},
-                     .data = t->data, .nbytes = t->nbytes};
+        sm_part p = {.name = "W",
+                     .dtype = t->dtype,
+                     .ndim = 2,
+                     .shape = {rows, cols},
+                     .data = t->data,
+                     .nbytes = t->nbytes};
         s = sm_op_from_parts(spec, rows, cols, &p, 1, out);
     } else {
         float *w = NULL;
@@ -164,8 +177,8 @@ static sm_status check_config_extras(const char *file, const sm_model_config *cf
              a = a->next)
             if (!cJSON_IsString(a) || !ends_with(a->valuestring, "ForCausalLM"))
                 s = sm_fail(SM_ERR_UNSUPPORTED,
-                            "%s: unknown architecture \"%s\" (a *ForCausalLM model expected)",
-                            file, cJSON_IsString(a) ? a->valuestring : "?");
+                            "%s: unknown architecture \"%s\" (a *ForCausalLM model expected)", file,
+                            cJSON_IsString(a) ? a->valuestring : "?");
     }
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     if (s == SM_OK && rs && !cJSON_IsNull(rs)) {
@@ -193,8 +206,10 @@ static sm_status check_biases(const hf_ctx *h) {
         if (ends_with(t->name, "q_proj.bias") || ends_with(t->name, "k_proj.bias") ||
             ends_with(t->name, "v_proj.bias"))
             continue;
-        return sm_fail(SM_ERR_UNSUPPORTED, "%s: tensor \"%s\": only q, k and v biases are "
-                       "supported", t->file, t->name);
+        return sm_fail(SM_ERR_UNSUPPORTED,
+                       "%s: tensor \"%s\": only q, k and v biases are "
+                       "supported",
+                       t->file, t->name);
     }
     return SM_OK;
 }
@@ -204,9 +219,9 @@ static sm_status load_weights(const hf_ctx *h, sm_model *m, const sm_model_confi
     int64_t D = f->dim, q_dim = sm_model_q_dim(m), kv_dim = sm_model_kv_dim(m);
     sm_status s = check_biases(h);
     char name[256];
-#define TRY(x)                                                                                   \
-    do {                                                                                         \
-        if ((s = (x)) != SM_OK) return s;                                                        \
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        if ((s = (x)) != SM_OK) return s;                                                          \
     } while (0)
     TRY(s);
     for (int64_t l = 0; l < f->n_layers; l++) {
@@ -237,8 +252,10 @@ static sm_status load_weights(const hf_ctx *h, sm_model *m, const sm_model_confi
         TRY(load_op(h, "model.embed_tokens.weight", f->vocab_size, D, &m->ops[head]));
     } else {
         if (!sm_st_find(h->st, "lm_head.weight") && !sm_st_has_op(h->st, "lm_head.weight"))
-            return sm_fail(SM_ERR_NOT_FOUND, "%s: missing tensor \"lm_head.weight\" "
-                           "(tie_word_embeddings is false)", h->where);
+            return sm_fail(SM_ERR_NOT_FOUND,
+                           "%s: missing tensor \"lm_head.weight\" "
+                           "(tie_word_embeddings is false)",
+                           h->where);
         TRY(load_op(h, "lm_head.weight", f->vocab_size, D, &m->ops[head]));
     }
     if (!sm_model_share_embedding(m)) TRY(load_embedding(h, m));
@@ -285,9 +302,11 @@ sm_status sm_model_load_hf(const char *path, sm_model **out) {
         info.rope_layout = SM_ROPE_HALF;
         info.tied = cfg.tie_word_embeddings;
         info.bos_id = cfg.bos_token_id >= 0 && cfg.bos_token_id < cfg.vocab_size
-                          ? (int32_t)cfg.bos_token_id : -1;
+                          ? (int32_t)cfg.bos_token_id
+                          : -1;
         info.eos_id = cfg.eos_token_id >= 0 && cfg.eos_token_id < cfg.vocab_size
-                          ? (int32_t)cfg.eos_token_id : -1;
+                          ? (int32_t)cfg.eos_token_id
+                          : -1;
         s = sm_model_check_dims(&info, config);
     }
     if (s == SM_OK) s = sm_st_open(path, &st);

@@ -38,8 +38,12 @@ static const float *take(cursor *c, int64_t count) {
 
 // op = a dense F32 operator over w (rows, cols), copied out of the mapping.
 static sm_status make_op(const float *w, int64_t rows, int64_t cols, sm_op **op) {
-    sm_part p = {.name = "W", .dtype = SM_DTYPE_F32, .ndim = 2, .shape = {rows, cols},
-                 .data = w, .nbytes = (size_t)(rows * cols) * sizeof(float)};
+    sm_part p = {.name = "W",
+                 .dtype = SM_DTYPE_F32,
+                 .ndim = 2,
+                 .shape = {rows, cols},
+                 .data = w,
+                 .nbytes = (size_t)(rows * cols) * sizeof(float)};
     return sm_op_from_parts("dense", rows, cols, &p, 1, op);
 }
 
@@ -120,13 +124,25 @@ static int64_t weights_bytes(const sm_model_info *f, int version, bool shared) {
     int64_t L = f->n_layers, D = f->dim, H = f->hidden_dim, V = f->vocab_size;
     int64_t kv = f->n_kv_heads * f->head_dim, q = f->n_heads * f->head_dim;
     // Every factor is below 2^31, so each product of three fits in int64 only when checked.
-    int64_t terms[] = {V * D, L * D, L * q, L * kv, L * kv, L * D, L * D, L * H, L * D, L * H,
-                       D, shared ? 0 : V * D, version == 0 ? f->max_seq_len * f->head_dim : 0};
+    int64_t terms[] = {V * D,
+                       L * D,
+                       L * q,
+                       L * kv,
+                       L * kv,
+                       L * D,
+                       L * D,
+                       L * H,
+                       L * D,
+                       L * H,
+                       D,
+                       shared ? 0 : V * D,
+                       version == 0 ? f->max_seq_len * f->head_dim : 0};
     int64_t mult[] = {1, 1, D, D, D, q, 1, D, H, D, 1, 1, 1};
     int64_t total = 0;
     for (size_t i = 0; i < sizeof terms / sizeof terms[0]; i++) {
         int64_t t;
-        if (__builtin_mul_overflow(terms[i], mult[i], &t) || __builtin_add_overflow(total, t, &total))
+        if (__builtin_mul_overflow(terms[i], mult[i], &t) ||
+            __builtin_add_overflow(total, t, &total))
             return -1;
     }
     return total > INT64_MAX / 4 ? -1 : total * 4;
@@ -144,8 +160,10 @@ sm_status sm_model_load_llama2c(const char *path, sm_model **out) {
     int64_t size = sb.st_size;
     if (size < 28) {
         close(fd);
-        return sm_fail(SM_ERR_FORMAT, "%s: file too short for a llama2.c checkpoint (%lld bytes; "
-                       "the header alone is 28)", path, (long long)size);
+        return sm_fail(SM_ERR_FORMAT,
+                       "%s: file too short for a llama2.c checkpoint (%lld bytes; "
+                       "the header alone is 28)",
+                       path, (long long)size);
     }
     void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
@@ -162,14 +180,20 @@ sm_status sm_model_load_llama2c(const char *path, sm_model **out) {
         int32_t v = -1;
         if (size >= 8) memcpy(&v, base + 4, 4);
         if (v == 2)
-            s = sm_fail(SM_ERR_UNSUPPORTED, "%s: llama2.c version 2 (Q8_0) checkpoints are not "
-                        "supported; export version 0 or 1 (F32)", path);
+            s = sm_fail(SM_ERR_UNSUPPORTED,
+                        "%s: llama2.c version 2 (Q8_0) checkpoints are not "
+                        "supported; export version 0 or 1 (F32)",
+                        path);
         else if (v != 1)
-            s = sm_fail(SM_ERR_FORMAT, "%s: llama2.c checkpoint version %d is unknown (0, 1 and 2 "
-                        "exist; 0 and 1 are read)", path, v);
+            s = sm_fail(SM_ERR_FORMAT,
+                        "%s: llama2.c checkpoint version %d is unknown (0, 1 and 2 "
+                        "exist; 0 and 1 are read)",
+                        path, v);
         else if (size < LLAMA2C_V1_HEADER)
-            s = sm_fail(SM_ERR_FORMAT, "%s: file too short for a version-1 header (%lld bytes, "
-                        "header %d)", path, (long long)size, LLAMA2C_V1_HEADER);
+            s = sm_fail(SM_ERR_FORMAT,
+                        "%s: file too short for a version-1 header (%lld bytes, "
+                        "header %d)",
+                        path, (long long)size, LLAMA2C_V1_HEADER);
         version = v;
         header_bytes = LLAMA2C_V1_HEADER;
         if (s == SM_OK) memcpy(hdr, base + 8, sizeof hdr);

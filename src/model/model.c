@@ -13,20 +13,26 @@ sm_status sm_model_check_dims(const sm_model_info *i, const char *where) {
     struct {
         const char *name;
         int64_t v;
-    } pos[] = {{"dim", i->dim},           {"hidden_dim", i->hidden_dim},
-               {"n_layers", i->n_layers}, {"n_heads", i->n_heads},
-               {"n_kv_heads", i->n_kv_heads}, {"head_dim", i->head_dim},
-               {"vocab_size", i->vocab_size}, {"max_seq_len", i->max_seq_len}};
+    } pos[] = {{"dim", i->dim},
+               {"hidden_dim", i->hidden_dim},
+               {"n_layers", i->n_layers},
+               {"n_heads", i->n_heads},
+               {"n_kv_heads", i->n_kv_heads},
+               {"head_dim", i->head_dim},
+               {"vocab_size", i->vocab_size},
+               {"max_seq_len", i->max_seq_len}};
     for (size_t k = 0; k < sizeof pos / sizeof pos[0]; k++)
         if (pos[k].v <= 0 || pos[k].v > INT32_MAX)
             return sm_fail(SM_ERR_FORMAT, "%s: %s = %lld is not a positive 32-bit size", where,
                            pos[k].name, (long long)pos[k].v);
     if (i->n_heads % i->n_kv_heads)
-        return sm_fail(SM_ERR_FORMAT, "%s: n_kv_heads = %lld does not divide n_heads = %lld",
-                       where, (long long)i->n_kv_heads, (long long)i->n_heads);
+        return sm_fail(SM_ERR_FORMAT, "%s: n_kv_heads = %lld does not divide n_heads = %lld", where,
+                       (long long)i->n_kv_heads, (long long)i->n_heads);
     if (i->head_dim % 2 || i->head_dim > SM_MAX_HEAD_DIM)
-        return sm_fail(SM_ERR_UNSUPPORTED, "%s: head_dim = %lld (RoPE needs an even head_dim of "
-                       "at most %d)", where, (long long)i->head_dim, SM_MAX_HEAD_DIM);
+        return sm_fail(SM_ERR_UNSUPPORTED,
+                       "%s: head_dim = %lld (RoPE needs an even head_dim of "
+                       "at most %d)",
+                       where, (long long)i->head_dim, SM_MAX_HEAD_DIM);
     if (!(i->rms_eps > 0) || !(i->rope_theta > 0))
         return sm_fail(SM_ERR_FORMAT, "%s: rms_eps and rope_theta must be positive", where);
     return SM_OK;
@@ -93,13 +99,23 @@ void sm_model_linear_shape(const sm_model *m, int64_t i, int64_t *rows, int64_t 
         return;
     }
     switch (i % SM_LIN_PER_LAYER) {
-    case SM_LIN_Q: *rows = q_dim, *cols = f->dim; break;
+    case SM_LIN_Q:
+        *rows = q_dim, *cols = f->dim;
+        break;
     case SM_LIN_K:
-    case SM_LIN_V: *rows = kv_dim, *cols = f->dim; break;
-    case SM_LIN_O: *rows = f->dim, *cols = q_dim; break;
+    case SM_LIN_V:
+        *rows = kv_dim, *cols = f->dim;
+        break;
+    case SM_LIN_O:
+        *rows = f->dim, *cols = q_dim;
+        break;
     case SM_LIN_GATE:
-    case SM_LIN_UP: *rows = f->hidden_dim, *cols = f->dim; break;
-    default: *rows = f->dim, *cols = f->hidden_dim; break; // down
+    case SM_LIN_UP:
+        *rows = f->hidden_dim, *cols = f->dim;
+        break;
+    default:
+        *rows = f->dim, *cols = f->hidden_dim;
+        break; // down
     }
 }
 
@@ -194,8 +210,8 @@ sm_status sm_model_linear_set(sm_model *m, int64_t i, sm_op *op) {
     int64_t r, c;
     sm_model_linear_shape(m, i, &r, &c);
     if (sm_op_rows(op) != r || sm_op_cols(op) != c)
-        return sm_fail(SM_ERR_SHAPE, "%s must be %lldx%lld, the operator is %lldx%lld",
-                       m->names[i], (long long)r, (long long)c, (long long)sm_op_rows(op),
+        return sm_fail(SM_ERR_SHAPE, "%s must be %lldx%lld, the operator is %lldx%lld", m->names[i],
+                       (long long)r, (long long)c, (long long)sm_op_rows(op),
                        (long long)sm_op_cols(op));
     bool head = i == m->info.n_linear - 1;
     if (head && m->info.tied && !m->embed_own) {

@@ -6,23 +6,32 @@
 #include "structmat_model.h"
 
 // The linear layers of one transformer block, in the order of sm_model_linear.
-enum { SM_LIN_Q, SM_LIN_K, SM_LIN_V, SM_LIN_O, SM_LIN_GATE, SM_LIN_UP, SM_LIN_DOWN, SM_LIN_PER_LAYER };
+enum {
+    SM_LIN_Q,
+    SM_LIN_K,
+    SM_LIN_V,
+    SM_LIN_O,
+    SM_LIN_GATE,
+    SM_LIN_UP,
+    SM_LIN_DOWN,
+    SM_LIN_PER_LAYER
+};
 
 #define SM_MAX_HEAD_DIM 1024 // RoPE keeps one head on the stack
 
 struct sm_model {
     sm_model_info info;
-    sm_op **ops;      // (7 n_layers + 1): per layer q, k, v, o, gate, up, down; then lm_head
-    char **names;     // (7 n_layers + 1) Hugging Face tensor names of the operators
-    float *params;    // one allocation for the F32 vectors below ("malloc and point")
-    float *rms_att;   // (n_layers, dim) input_layernorm
-    float *rms_ffn;   // (n_layers, dim) post_attention_layernorm
-    float *rms_final; // (dim) model.norm
-    float *bias;      // (n_layers, q_dim + 2 kv_dim) q, k, v biases back to back, or NULL
-    const void *embed;     // (vocab, dim) of embed_dtype: embed_own, or a tied lm_head's part
-    sm_dtype embed_dtype;  // F32, F16 or BF16
-    void *embed_own;       // owned table (sm_alloc), or NULL when embed is a view
-    int n_contexts;        // live contexts (atomic): operators may not change under them
+    sm_op **ops;          // (7 n_layers + 1): per layer q, k, v, o, gate, up, down; then lm_head
+    char **names;         // (7 n_layers + 1) Hugging Face tensor names of the operators
+    float *params;        // one allocation for the F32 vectors below ("malloc and point")
+    float *rms_att;       // (n_layers, dim) input_layernorm
+    float *rms_ffn;       // (n_layers, dim) post_attention_layernorm
+    float *rms_final;     // (dim) model.norm
+    float *bias;          // (n_layers, q_dim + 2 kv_dim) q, k, v biases back to back, or NULL
+    const void *embed;    // (vocab, dim) of embed_dtype: embed_own, or a tied lm_head's part
+    sm_dtype embed_dtype; // F32, F16 or BF16
+    void *embed_own;      // owned table (sm_alloc), or NULL when embed is a view
+    int n_contexts;       // live contexts (atomic): operators may not change under them
 };
 
 static inline int64_t sm_model_q_dim(const sm_model *m) {

@@ -20,17 +20,17 @@ struct sm_tokenizer {
     int64_t vocab;
     int32_t bos, eos;
     bool byte_level;
-    char *blob;          // every piece's bytes back to back
-    int64_t *off;        // (vocab + 1) piece i is blob[off[i] .. off[i+1])
-    float *score;        // (vocab)
-    int32_t *table;      // (cap) open-addressing hash of pieces -> lowest id, -1 empty
-    int64_t cap;         // power of two
-    int32_t byte_id[256]; // id of the piece "<0xNN>", or -1
-    int32_t space_id;     // id of " ", or -1
+    char *blob;               // every piece's bytes back to back
+    int64_t *off;             // (vocab + 1) piece i is blob[off[i] .. off[i+1])
+    float *score;             // (vocab)
+    int32_t *table;           // (cap) open-addressing hash of pieces -> lowest id, -1 empty
+    int64_t cap;              // power of two
+    int32_t byte_id[256];     // id of the piece "<0xNN>", or -1
+    int32_t space_id;         // id of " ", or -1
     unsigned char bytes[256]; // bytes[i] = i: what byte tokens decode to
 };
 
-// --- pieces and their lookup ----------------------------------------------------------------------
+// --- pieces and their lookup ---------------------------------------------------------------------
 
 static uint64_t fnv(uint64_t h, const char *s, size_t n) {
     for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
@@ -139,8 +139,10 @@ sm_status sm_tokenizer_load(const char *path, int64_t vocab_size, sm_tokenizer *
         n++;
     }
     if (s == SM_OK && pos != size)
-        s = sm_fail(SM_ERR_FORMAT, "%s: %zu bytes left after %lld tokens (is the vocabulary "
-                    "size right?)", path, size - pos, (long long)n);
+        s = sm_fail(SM_ERR_FORMAT,
+                    "%s: %zu bytes left after %lld tokens (is the vocabulary "
+                    "size right?)",
+                    path, size - pos, (long long)n);
     if (s == SM_OK && n < 3)
         s = sm_fail(SM_ERR_FORMAT, "%s: %lld tokens; BOS (1) and EOS (2) need at least 3", path,
                     (long long)n);
@@ -201,8 +203,10 @@ sm_status sm_tokenizer_load_for_model(const char *model_path, const sm_model *m,
     else if (vocab == 256)
         s = sm_tokenizer_init_bytes(out);
     else
-        s = sm_fail(SM_ERR_NOT_FOUND, "%s: no tokenizer.bin next to the model and its vocabulary "
-                    "(%lld) is not byte-level: give token ids", model_path, (long long)vocab);
+        s = sm_fail(SM_ERR_NOT_FOUND,
+                    "%s: no tokenizer.bin next to the model and its vocabulary "
+                    "(%lld) is not byte-level: give token ids",
+                    model_path, (long long)vocab);
     free(file);
     return s;
 }
@@ -241,7 +245,7 @@ const char *sm_tokenizer_decode(const sm_tokenizer *t, int32_t prev, int32_t id,
     return p;
 }
 
-// --- encoding ---------------------------------------------------------------------------------------
+// --- encoding ------------------------------------------------------------------------------------
 
 typedef struct pair {
     float score;
@@ -289,8 +293,8 @@ static void push_pair(const sm_tokenizer *t, heap *h, const int32_t *ids, const 
                       int64_t i) {
     int64_t j = next[i];
     if (j < 0) return;
-    int32_t id = lookup2(t, piece(t, ids[i]), piece_len(t, ids[i]), piece(t, ids[j]),
-                         piece_len(t, ids[j]));
+    int32_t id =
+        lookup2(t, piece(t, ids[i]), piece_len(t, ids[i]), piece(t, ids[j]), piece_len(t, ids[j]));
     if (id < 0 || !(t->score[id] > -1e10f)) return;
     heap_push(h, (pair){t->score[id], i, j, ids[i], ids[j], id});
 }
@@ -330,7 +334,8 @@ sm_status sm_tokenizer_encode(const sm_tokenizer *t, const char *text, size_t le
                 int32_t bid = t->byte_id[(unsigned char)text[i + b]];
                 if (bid < 0) {
                     free(ids);
-                    return sm_fail(SM_ERR_FORMAT, "encode: byte 0x%02X at offset %zu has no "
+                    return sm_fail(SM_ERR_FORMAT,
+                                   "encode: byte 0x%02X at offset %zu has no "
                                    "token (<0x%02X> is not in the vocabulary)",
                                    (unsigned char)text[i + b], i + b, (unsigned char)text[i + b]);
                 }
