@@ -21,6 +21,12 @@ static const ocase k_cases[] = {
     {"lowrank:rank=3+dense:dtype=q8", 40, 24},
     // STRUCTURES: each structure adds its cases here (square, rectangular, every dtype).
     // ISSUE-5 (blast, sparse, cur, sparse+lowrank):
+    {"blast:blocks=4,rank=5", 48, 48},
+    {"blast:blocks=3,rank=4,perm=stride,dtype=f16", 45, 63},
+    {"blast:blocks=5,ratio=0.3,dtype=bf16", 40, 75},
+    {"blast:blocks=2,rank=7,iters=20,dtype=q8", 66, 130},
+    {"blast:blocks=4,rank=5,perm=stride,dtype=q4", 132, 100},
+    {"blast:blocks=1,rank=3", 13, 17},
     // ISSUE-6 (rtn, gptq, onebit, bitstack, quantizer+lowrank):
     {"monarch:blocks=4", 48, 48},
     {"monarch:blocks=3", 45, 63},
