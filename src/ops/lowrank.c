@@ -1,6 +1,9 @@
 // lowrank:rank=R|ratio=X[,dtype=..][,solver=exact|random[,oversample=P,power=Q]]
 // W ~ L R with L = U sqrt(S) (m, r) and R = sqrt(S) V^T (r, n), the truncated SVD (optimal in
 // Frobenius norm by Eckart-Young). Parts: "U" (m, r), "V" (r, n).
+// With calibration statistics (sm_fit_opts.stats) the fit minimizes ||X (W - W_hat)^T||_F instead:
+// whiten by the Cholesky factor of the damped Gram, truncate, un-whiten (sm_act_lowrank_factors).
+#include "actaware.h"
 #include "op_impl.h"
 
 #include <stdlib.h>
@@ -99,7 +102,10 @@ static sm_status lowrank_fit(sm_op *op, const sm_term *t, const float *W, const 
         return sm_fail(SM_ERR_ALLOC, "lowrank: out of memory");
     }
     lr->r = r;
-    st = sm_lowrank_factors(W, m, n, n, r, &solver, L, r, R, n);
+    if (o && o->stats) // activation-aware: min tr(dW H dW^T) in closed form (actaware.h)
+        st = sm_act_lowrank_factors(W, m, n, r, &solver, o->stats, L, R);
+    else
+        st = sm_lowrank_factors(W, m, n, n, r, &solver, L, r, R, n);
     if (st == SM_OK) st = sm_factor_init(&lr->L, m, r, store, L, r);
     if (st == SM_OK) st = sm_factor_init(&lr->R, r, n, store, R, n);
     sm_free(L), sm_free(R);
