@@ -5,7 +5,9 @@
 // Timing: one warm-up pass, then min and median of reps, each rep a batch of calls with a
 // preallocated workspace. For N = 1, the weight-streaming case, the calls rotate over copies of
 // the operator (rebuilt from its parts) holding at least --working-set MiB, so the weights come
-// from DRAM as in decoding a model, not from the cache.
+// from DRAM as in decoding a model, not from the cache. Every spec's reps alternate with reps
+// of the dense baseline of its shape, and "vs dense" divides the two minima, so a burst of other
+// work on the machine slows both rather than skewing the ratio.
 #include "bench.h"
 
 #include "base/base.h"
@@ -82,20 +84,36 @@ static int make_copies(sm_op *op, double ws_bytes, sm_op **ops) {
     return count;
 }
 
-// Seconds per apply: min and median over reps, each rep `inner` calls cycling over ops.
-static void time_apply(sm_op **ops, int nops, int64_t N, const float *X, float *Y, float *work,
-                       int reps, int64_t inner, double *tmin, double *tmed) {
-    double *t = malloc(sizeof(double) * (size_t)reps);
-    for (int r = 0; r < reps; r++) {
-        double t0 = sm_now();
-        for (int64_t k = 0; k < inner; k++) sm_op_apply(ops[k % nops], N, X, Y, work);
-        t[r] = (sm_now() - t0) / (double)inner;
-    }
+// Seconds per apply over one rep: `inner` calls cycling over ops.
+static double time_rep(sm_op **ops, int nops, int64_t N, const float *X, float *Y, float *work,
+                       int64_t inner) {
+    double t0 = sm_now();
+    for (int64_t k = 0; k < inner; k++) sm_op_apply(ops[k % nops], N, X, Y, work);
+    return (sm_now() - t0) / (double)inner;
+}
+
+static void min_median(double *t, int n, double *tmin, double *tmed) {
     *tmin = t[0];
-    for (int r = 1; r < reps; r++)
+    for (int r = 1; r < n; r++)
         if (t[r] < *tmin) *tmin = t[r];
-    *tmed = bench_median(t, reps);
-    free(t);
+    *tmed = bench_median(t, n);
+}
+
+// The dense baseline of one shape, kept while the other specs of that shape are timed: their
+// reps alternate with reps of the baseline, so that "vs dense" compares times taken in the same
+// seconds. (Other jobs on a shared machine come in bursts longer than one line's timing.)
+typedef struct baseline {
+    sm_op **ops; // (ncopies) operators; ops[0] the fitted one
+    int ncopies;
+    float *work;
+    int64_t inner[4]; // calls per rep, per batch size
+} baseline;
+
+static void baseline_free(baseline *b) {
+    for (int i = 0; i < b->ncopies; i++) sm_op_free(b->ops[i]);
+    free(b->ops);
+    sm_free(b->work);
+    memset(b, 0, sizeof *b);
 }
 
 typedef struct apply_line {
@@ -177,17 +195,18 @@ static void print_unavailable(const bench_opts *o, const char *spec, const int64
     fflush(stdout);
 }
 
-// Fits, checks and times one spec on one shape for every selected N. dense_t[b] holds the dense
-// baseline per batch size (set here when spec is the baseline). Returns 1 on a failed check.
-static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool listed,
-                    const int64_t *shape, const float *W, const float *X, float *Y, float *Yref,
-                    double bw_gbs, double *dense_t) {
+// Fits, checks and times one spec on one shape for every selected N. With base == NULL the spec
+// is the dense baseline: it is timed alone and its operators are kept in *keep for the others,
+// whose reps then alternate with the baseline's. Returns the number of failed checks.
+static int run_spec(const bench_opts *o, const char *spec, baseline *base, baseline *keep,
+                    bool listed, const int64_t *shape, const float *W, const float *X, float *Y,
+                    float *Yref, double bw_gbs) {
     int64_t m = shape[0], n = shape[1];
     bool want[4] = {false}, print[4] = {false}, any = false;
     for (int b = 0; b < o->nbatch; b++) {
         print[b] = listed && case_selected(o, spec, shape, o->batch[b]);
         want[b] = print[b];
-        if (baseline) // the baseline runs whenever anything on this shape and N does
+        if (!base) // the baseline runs whenever anything on this shape and N does
             for (int i = 0; i < o->nspecs; i++)
                 want[b] = want[b] || case_selected(o, o->specs[i], shape, o->batch[b]);
         any = any || want[b];
@@ -205,7 +224,7 @@ static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool l
                 (long long)n, why);
         for (int b = 0; b < o->nbatch; b++)
             if (print[b]) print_unavailable(o, spec, shape, o->batch[b], why);
-        return 0;
+        return base ? 0 : 1; // dense always fits
     }
     double fit_s = sm_now() - t0;
 
@@ -216,9 +235,10 @@ static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool l
     }
     float *work = sm_alloc((wsz + 1) * sizeof(float));
     float *D = sm_alloc((size_t)(m * n) * sizeof(float));
-    if (!work || !D) {
+    sm_op **ops = malloc(sizeof(sm_op *) * MAX_COPIES);
+    if (!work || !D || !ops) {
         fprintf(stderr, "structmat bench: out of memory\n");
-        sm_free(work), sm_free(D);
+        sm_free(work), sm_free(D), free(ops);
         sm_op_free(op);
         return 1;
     }
@@ -228,9 +248,7 @@ static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool l
         if (want[b] && dense_ok) rel[b] = check_apply(op, D, o->batch[b], X, Y, Yref, work);
     sm_free(D);
 
-    int fails = 0;
-    sm_op **ops = malloc(sizeof(sm_op *) * MAX_COPIES);
-    int ncopies = 1;
+    int fails = 0, ncopies = 1;
     ops[0] = op;
     for (int b = 0; b < o->nbatch; b++) {
         if (!want[b]) continue;
@@ -263,9 +281,23 @@ static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool l
                         .reps = reps,
                         .threads = o->threads};
         l.ws_mib = (double)nops * (double)l.nbytes / 1048576.0;
-        time_apply(ops, nops, N, X, Y, work, reps, inner, &l.tmin, &l.tmed);
-        if (baseline) dense_t[b] = l.tmin;
-        l.dense_t = dense_t[b];
+        double *t = malloc(sizeof(double) * (size_t)reps * 2), *td = t + reps, dmin, dmed;
+        for (int r = 0; r < reps; r++) {
+            if (base) {
+                int bn = N == 1 ? base->ncopies : 1;
+                td[r] = time_rep(base->ops, bn, N, X, Y, base->work, base->inner[b]);
+            }
+            t[r] = time_rep(ops, nops, N, X, Y, work, inner);
+        }
+        min_median(t, reps, &l.tmin, &l.tmed);
+        if (base) {
+            min_median(td, reps, &dmin, &dmed);
+            l.dense_t = dmin;
+        } else {
+            l.dense_t = l.tmin;
+            keep->inner[b] = inner;
+        }
+        free(t);
         if (!(rel[b] >= 0 && rel[b] <= CHECK_TOL)) {
             fails++;
             fprintf(stderr,
@@ -274,6 +306,12 @@ static int run_spec(const bench_opts *o, const char *spec, bool baseline, bool l
                     spec, (long long)m, (long long)n, (long long)N, rel[b]);
         }
         if (print[b]) print_line(o, &l);
+    }
+    if (!base) {
+        keep->ops = ops;
+        keep->ncopies = ncopies;
+        keep->work = work;
+        return fails;
     }
     for (int i = 1; i < ncopies; i++) sm_op_free(ops[i]);
     free(ops);
@@ -314,12 +352,12 @@ int bench_apply(const bench_opts *o, double bw_gbs) {
         float sc = 1.7f / sqrtf((float)n);
         for (int64_t i = 0; i < m * n; i++) W[i] *= sc;
         bench_fill_uniform(X, maxN * n, o->seed + 1000 + (uint64_t)s);
-        double dense_t[4] = {NAN, NAN, NAN, NAN};
-        fails += run_spec(o, "dense", true, listed, shape, W, X, Y, Yref, bw_gbs, dense_t);
+        baseline base = {0};
+        fails += run_spec(o, "dense", NULL, &base, listed, shape, W, X, Y, Yref, bw_gbs);
         for (int i = 0; i < o->nspecs; i++)
-            if (strcmp(o->specs[i], "dense") != 0)
-                fails +=
-                    run_spec(o, o->specs[i], false, true, shape, W, X, Y, Yref, bw_gbs, dense_t);
+            if (strcmp(o->specs[i], "dense") != 0 && base.ops)
+                fails += run_spec(o, o->specs[i], &base, NULL, true, shape, W, X, Y, Yref, bw_gbs);
+        baseline_free(&base);
         sm_free(W), sm_free(X), sm_free(Y), sm_free(Yref);
     }
     return fails;
