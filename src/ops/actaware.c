@@ -126,3 +126,15 @@ sm_status sm_act_lowrank_factors(const float *W, int64_t m, int64_t n, int64_t r
     sm_free(C), sm_free(dg), sm_free(Aw), sm_free(Wd), sm_free(Rd);
     return st;
 }
+
+double sm_act_objective(const float *W, const float *W_hat, int64_t m, int64_t n,
+                        const sm_stats *s) {
+    if (s && s->gram) return sm_act_error2(W, W_hat, m, n, s->gram);
+    double e = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double d = (double)W[i * n + j] - (double)W_hat[i * n + j];
+            e += d * d * (s && s->sqsum ? s->sqsum[j] : 1.0);
+        }
+    return e;
+}

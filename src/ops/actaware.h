@@ -26,6 +26,11 @@ sm_status sm_act_norms(const sm_stats *s, int64_t n, double *norms);
 // error. Returns NAN when out of memory.
 double sm_act_error2(const float *W, const float *W_hat, int64_t m, int64_t n, const double *H);
 
+// The fit objective for stats (NULL: none): ||W - W_hat||_F^2, or tr(dW H dW^T) with a Gram, or
+// sum_ij dW_ij^2 sqsum_j with only sqsum. NAN when out of memory.
+double sm_act_objective(const float *W, const float *W_hat, int64_t m, int64_t n,
+                        const sm_stats *s);
+
 // Best rank-r W_hat = L R for the damped objective tr(dW (H + lambda I) dW^T): with H + lambda I =
 // C C^T (Cholesky), W_hat C is the truncated SVD of W C (the solver computes it), so
 // L = U sqrt(S) (m, r) [r] and R = sqrt(S) V^T C^-1 (r, n) [n]. Without a Gram, sqsum gives the

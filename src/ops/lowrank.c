@@ -219,4 +219,5 @@ const sm_op_vtbl sm_vtbl_lowrank = {
     .macs = lowrank_nparams,
     .parts = lowrank_parts,
     .free_impl = lowrank_free,
+    .projection = true,
 };

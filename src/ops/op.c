@@ -1,4 +1,5 @@
 // The operator front end: spec dispatch, sums of terms, argument checks, parts.
+#include "actaware.h"
 #include "op_impl.h"
 
 #include <math.h>
@@ -38,7 +39,8 @@ const char *sm_spec_help(void) {
                                 k_structures[i]->help);
     if (len >= sizeof buf) return buf; // truncated (snprintf's count may pass the end)
     snprintf(buf + len, sizeof buf - len,
-             "sums\n  a+b+...     each term is fitted to the residual of the terms before it\n");
+             "sums\n  a+b+...     each term is fitted to the residual of the terms before it;\n"
+             "              sums of lowrank and sparse terms then alternate refits of each term\n");
     return buf;
 }
 
@@ -226,6 +228,61 @@ static sm_status check_sides(const char *what, int64_t m, int64_t n) {
     return SM_OK;
 }
 
+// Sums whose terms are all projections (sm_op_vtbl.projection: lowrank, sparse) are refined after
+// the sequential fit by alternating passes, robust-PCA style for sparse+lowrank (S = P_sparse(W -
+// L), L = P_rank(W - S), ...): each term in turn is refitted to W minus the others. A pass is kept
+// only when it lowers the fit's objective (Frobenius, or activation-aware with stats), so the sum
+// is never worse than the sequential fit; passes stop after SUM_PASSES or when one gains less
+// than SUM_TOL of the objective.
+#define SUM_PASSES 30
+#define SUM_TOL 1e-4
+
+static sm_status sum_alternate(const sm_spec *sp, sum_impl *s, const float *W, int64_t m,
+                               int64_t n, const sm_fit_opts *o) {
+    int k = s->k;
+    for (int i = 0; i < k; i++)
+        if (!s->terms[i]->vt->projection) return SM_OK;
+    size_t mn = (size_t)(m * n);
+    float *D = sm_alloc((size_t)k * mn * sizeof(float)); // (k, m, n) the terms' matrices
+    float *R = sm_alloc(mn * sizeof(float)), *T = sm_alloc(mn * sizeof(float));
+    sm_op *cur[SM_SPEC_MAX_TERMS];
+    sm_status st = D && R && T ? SM_OK : sm_fail(SM_ERR_ALLOC, "out of memory");
+    for (int i = 0; i < k; i++) cur[i] = s->terms[i];
+    for (int i = 0; i < k && st == SM_OK; i++) st = cur[i]->vt->to_dense(cur[i], D + i * mn);
+    double best = INFINITY;
+    for (int pass = 0; pass <= SUM_PASSES && st == SM_OK; pass++) {
+        for (int i = 0; i < k && pass > 0 && st == SM_OK; i++) {
+            memcpy(R, W, mn * sizeof(float));
+            for (int j = 0; j < k; j++)
+                for (size_t x = 0; x < mn && j != i; x++) R[x] -= D[j * mn + x];
+            sm_op *t = NULL;
+            st = fit_term(&sp->terms[i], R, m, n, o, &t);
+            if (st == SM_OK) st = t->vt->to_dense(t, D + i * mn);
+            if (t) {
+                if (cur[i] != s->terms[i]) sm_op_free(cur[i]);
+                cur[i] = t;
+            }
+        }
+        if (st != SM_OK) break;
+        memcpy(T, D, mn * sizeof(float));
+        for (int j = 1; j < k; j++)
+            for (size_t x = 0; x < mn; x++) T[x] += D[j * mn + x];
+        double e = sm_act_objective(W, T, m, n, o->stats);
+        if (!(e < best)) break; // not better: keep the terms of the best pass
+        for (int i = 0; i < k; i++) {
+            if (s->terms[i] != cur[i]) sm_op_free(s->terms[i]);
+            s->terms[i] = cur[i];
+        }
+        double gain = (best - e) / e;
+        best = e;
+        if (pass > 0 && !(gain >= SUM_TOL)) break;
+    }
+    for (int i = 0; i < k; i++)
+        if (cur[i] != s->terms[i]) sm_op_free(cur[i]);
+    sm_free(D), sm_free(R), sm_free(T);
+    return st;
+}
+
 sm_status sm_op_fit(const float *W, int64_t m, int64_t n, const char *spec,
                     const sm_fit_opts *opts, sm_op **out) {
     *out = NULL;
@@ -269,6 +326,7 @@ sm_status sm_op_fit(const float *W, int64_t m, int64_t n, const char *spec,
             st = s->terms[i]->vt->to_dense(s->terms[i], dense);
             for (int64_t j = 0; j < m * n && st == SM_OK; j++) resid[j] -= dense[j];
         }
+        if (st == SM_OK) st = sum_alternate(sp, s, W, m, n, opts);
         if (st == SM_OK) st = build_sum_spec(op);
     }
     sm_free(resid);

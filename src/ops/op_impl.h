@@ -37,6 +37,10 @@ typedef struct sm_op_vtbl {
     // Writes up to cap parts into out (views into impl) and returns how many there are.
     int (*parts)(const sm_op *op, sm_part *out, int cap);
     void (*free_impl)(void *impl);
+    // fit is a projection: it returns the best operator of the structure for the matrix it is
+    // given (in the fit's objective). Sums whose terms all are get alternating refits after the
+    // sequential fit (sm_op_fit in op.c).
+    bool projection;
 } sm_op_vtbl;
 
 extern const sm_op_vtbl sm_vtbl_dense, sm_vtbl_lowrank, sm_vtbl_monarch, sm_vtbl_blockdiag,
