@@ -179,6 +179,88 @@ void sm_topk(const float *x, int64_t n, int k, int32_t *ids);
 // log sum_i exp(x_i), in double (so NLL = sm_logsumexp(logits, V) - logits[target]).
 double sm_logsumexp(const float *x, int64_t n);
 
+
+// --- evaluation: perplexity and KL divergence ----------------------------------------------------
+//
+// llama.cpp's llama-perplexity conventions: the token stream is cut into non-overlapping chunks of
+// n_ctx tokens, each run from an empty cache (a BOS, when used, replaces the chunk's first token);
+// the logits of positions first .. n_ctx - 2 predict the tokens at first + 1 .. n_ctx - 1, with
+// first = n_ctx / 2 (the second half: llama-perplexity's scoring) or 0 (every position).
+
+// logp (n, vocab) = log-softmax of the logits of tokens (n), run from position 0 of c, a context
+// of m (rewound first): each row is logit - logsumexp(row) in double, rounded to F32.
+sm_status sm_eval_logprobs(const sm_model *m, sm_context *c, const int32_t *tokens, int64_t n,
+                           float *logp);
+
+// Running sums over scored positions (zero-initialise, then sm_eval_add per position).
+typedef struct sm_eval_stats {
+    int64_t count;           // positions scored
+    double nll, nll2;        // sums of -ln p(target) and of its square
+    int64_t kld_count;       // positions compared with a base (the others: 0)
+    double kld, kld2, kld_max;
+    double nll_base;         // sum of -ln p_base(target)
+    int64_t top1_same;       // positions where both argmaxes (ties to the lowest id) agree
+} sm_eval_stats;
+
+// Adds a position: logp (vocab) the model's log-probabilities, target the true next token, base
+// (vocab) the base model's log-probabilities there or NULL. Returns KLD(base || model) =
+// sum_v p_base(v) (ln p_base(v) - ln p_model(v)) in double, each side renormalised in double
+// (identical rows give exactly 0), or 0 without a base.
+double sm_eval_add(sm_eval_stats *s, const float *logp, const float *base, int64_t vocab,
+                   int32_t target);
+
+typedef struct sm_eval_summary {
+    int64_t count;
+    double nll;             // mean -ln p(target)
+    double ppl, ppl_err;    // exp(nll); llama-perplexity's +/-: ppl sqrt(var(nll_i) / (count - 1))
+    // Against the base (NAN without one):
+    double nll_base, ppl_base;
+    double dnll;            // nll - nll_base
+    double ppl_ratio;       // ppl / ppl_base = exp(dnll)
+    double kld_mean, kld_stderr, kld_max;  // stderr: sqrt(var(kld_i) / (count - 1))
+    double top1;            // share of positions whose argmaxes agree
+} sm_eval_summary;
+void sm_eval_summarize(const sm_eval_stats *s, sm_eval_summary *out);
+
+// A KL-divergence base file: the tokens of every chunk and, per scored position, the base
+// model's log-probabilities (layout in docs/format.md). Written chunk by chunk to a temporary
+// sibling and renamed into place by sm_kld_base_commit; read back chunk by chunk.
+typedef struct sm_kld_base sm_kld_base;
+
+typedef struct sm_kld_base_info {
+    int64_t vocab;    // vocabulary size
+    int64_t n_ctx;    // tokens per chunk
+    int64_t n_chunks; // chunks
+    int64_t first;    // rows first .. n_ctx - 2 of each chunk are stored
+    int32_t bos;      // the BOS that replaced each chunk's first token; -1: none
+} sm_kld_base_info;
+
+// tokens (n_chunks, n_ctx) as evaluated. An existing path is refused (SM_ERR_EXISTS) unless force.
+sm_status sm_kld_base_create(const char *path, const sm_kld_base_info *info,
+                             const int32_t *tokens, bool force, sm_kld_base **out);
+// Appends the next chunk's rows: logp (n_ctx - 1 - first, vocab).
+sm_status sm_kld_base_write(sm_kld_base *b, const float *logp);
+// After every chunk: flushes, renames into place and frees b (also on failure).
+sm_status sm_kld_base_commit(sm_kld_base *b);
+sm_status sm_kld_base_open(const char *path, sm_kld_base **out);
+void sm_kld_base_get_info(const sm_kld_base *b, sm_kld_base_info *info);
+const int32_t *sm_kld_base_tokens(const sm_kld_base *b); // (n_chunks, n_ctx)
+// logp (n_ctx - 1 - first, vocab) = the stored rows of chunk (0 <= chunk < n_chunks).
+sm_status sm_kld_base_read(sm_kld_base *b, int64_t chunk, float *logp);
+// Frees b; a file being written and not committed is removed.
+void sm_kld_base_free(sm_kld_base *b);
+
+// --- saving ----------------------------------------------------------------------------------------
+
+// The token embedding table (vocab, dim) as the model holds it, in *dtype (F32, F16 or BF16).
+const void *sm_model_embedding(const sm_model *m, sm_dtype *dtype);
+// Writes m as a Hugging Face directory dir (created when absent) that sm_model_load reads back:
+// config.json (with a "structmat" object: the format version) and model.safetensors, where plain
+// dense layers (f32, f16, bf16) and the embedding are ordinary tensors, every other operator its
+// structmat parts and metadata, norms and biases F32. Existing files are refused (SM_ERR_EXISTS)
+// unless force. Interleaved-RoPE models (llama2.c) are refused: config.json cannot say so.
+sm_status sm_model_save(const sm_model *m, const char *dir, bool force);
+
 #ifdef __cplusplus
 }
 #endif
