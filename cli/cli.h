@@ -11,6 +11,8 @@ int cmd_inspect(int argc, char **argv);
 int cmd_fit(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_specs(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 
 // Common options every command takes.
 typedef struct cli_common {
@@ -35,5 +37,34 @@ int cli_fail(const char *cmd, const char *what);
 int cli_check_output(const char *cmd, const char *path, bool force);
 // JSON string escaping into f.
 void cli_json_str(FILE *f, const char *s);
+
+// The matrices of a checkpoint (cli/matrices.c): a safetensors file, directory or index (2-D
+// tensors and structmat operators), or a model the runtime loads (linear layers and the token
+// embedding): llama2.c checkpoints always, any model when need_model.
+typedef struct cli_matrix {
+    const char *name;
+    const char *kind; // dtype name ("F32") of a plain matrix, or an operator's spec
+    int64_t rows, cols;
+    bool is_op;     // a structmat operator (not plain dense)
+    bool embedding; // the token embedding (fit --all leaves it out)
+    int64_t linear; // the model's linear layer (sm_model_linear), -1: none
+} cli_matrix;
+
+typedef struct cli_matrices {
+    const char *path;
+    cli_matrix *items; // (n)
+    int n;
+    sm_st *st;    // a safetensors source, or
+    struct sm_model *model; // a model
+} cli_matrices;
+
+// Prints "structmat <cmd>: ..." and returns 1 on failure.
+int cli_matrices_open(const char *cmd, const char *path, bool need_model, cli_matrices *ms);
+void cli_matrices_close(cli_matrices *ms);
+int cli_matrices_find(const cli_matrices *ms, const char *name); // -1: absent
+// For a name that is absent: "not a matrix:" (a tensor of another rank) or "no matrix named".
+const char *cli_matrices_why_absent(const cli_matrices *ms, const char *name);
+// *W (rows, cols) = matrix i as F32, malloc'd.
+sm_status cli_matrices_read(const cli_matrices *ms, int i, float **W);
 
 #endif

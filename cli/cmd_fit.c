@@ -1,41 +1,42 @@
-// structmat fit PATH (--tensor NAME... | --all) --spec SPEC [--json] [-o FILE]
+// structmat fit PATH (--tensor NAME... | --all) --spec SPEC [--json] [-o FILE] [--save-model DIR]
 #include "cli.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/base.h"
+#include "structmat_model.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: structmat fit PATH (--tensor NAME... | --all) --spec SPEC [options]\n\n"
             "Fits each matrix to the structure SPEC (see `structmat specs`) and prints the relative\n"
             "Frobenius error ||W - W_hat||_F / ||W||_F, parameters, bytes, bits per weight\n"
-            "(bytes * 8 / (m n)), multiply-adds per input row and the fit time.\n\n"
-            "  --tensor NAME   a tensor to fit (repeatable)\n"
-            "  --all           every 2-D weight except the token embedding\n"
-            "  --spec SPEC     e.g. lowrank:ratio=0.5, monarch:blocks=4, dense:dtype=bf16\n"
-            "  -o FILE         write the fitted operators as a structmat safetensors file\n"
-            "  --force         replace FILE if it exists\n"
-            "  --json          one JSON object per tensor per line, then {\"summary\": {...}};\n"
-            "                  keys: tensor, spec, shape, rel_error, params, bytes, bpw, macs,\n"
-            "                  fit_seconds\n"
-            "  --seed S        seed of randomized solvers (default 24301)\n"
-            "  --threads N     threads (default: all cores)\n\n"
+            "(bytes * 8 / (m n)), multiply-adds per input row and the fit time. PATH is a\n"
+            "safetensors file or checkpoint directory, or a llama2.c .bin (its matrices get the\n"
+            "Hugging Face names, e.g. model.layers.0.self_attn.q_proj.weight).\n\n"
+            "  --tensor NAME     a matrix to fit (repeatable)\n"
+            "  --all             every 2-D weight except the token embedding\n"
+            "  --spec SPEC       e.g. lowrank:ratio=0.5, monarch:blocks=4, dense:dtype=bf16\n"
+            "  -o FILE           write the fitted operators as a structmat safetensors file\n"
+            "  --save-model DIR  write the whole model with the fitted matrices in place as a\n"
+            "                    checkpoint directory that eval and generate load (PATH must be\n"
+            "                    a model they load, with half-split RoPE: not a llama2.c file)\n"
+            "  --force           replace FILE or DIR's checkpoint if it exists\n"
+            "  --json            one JSON object per tensor per line, then {\"summary\": {...}};\n"
+            "                    keys: tensor, spec, shape, rel_error, params, bytes, bpw, macs,\n"
+            "                    fit_seconds\n"
+            "  --seed S          seed of randomized solvers (default 24301)\n"
+            "  --threads N       threads (default: all cores)\n\n"
             "examples:\n"
             "  structmat fit models/shakespeare-llama-3m --all --spec lowrank:ratio=0.5\n"
             "  structmat fit models/shakespeare-llama-3m --tensor model.layers.0.mlp.up_proj.weight \\\n"
-            "      --spec monarch:blocks=4 --json\n");
-}
-
-// The token embedding is a lookup table, not a linear map: --all leaves it out.
-static bool is_embedding(const char *name) {
-    static const char *const pats[] = {"embed_tokens", "tok_embeddings", "wte.", "token_embd",
-                                       "word_embeddings"};
-    for (size_t i = 0; i < sizeof pats / sizeof *pats; i++)
-        if (strstr(name, pats[i])) return true;
-    return false;
+            "      --spec monarch:blocks=4 --json\n"
+            "  structmat fit models/shakespeare-llama-3m --all --spec dense:dtype=q4 --save-model q4\n"
+            "  structmat fit models/stories260K.bin --all --spec lowrank:ratio=0.5\n");
 }
 
 static double rel_error(const float *W, const float *D, int64_t n) {
@@ -48,34 +49,40 @@ static double rel_error(const float *W, const float *D, int64_t n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-// Fits names[0..nnames) of st (checked to be 2-D tensors), prints a row each and the summary,
-// and writes the operators to c->out if asked.
-static int fit_list(const cli_common *cp, const sm_st *st, const char *spec, const char **names,
-                    int nnames) {
+// Fits the matrices sel[0..nsel) of src, prints a row each and the summary, and writes the
+// operators to c->out and (save_model) the model with them in place to save_model if asked.
+static int fit_list(const cli_common *cp, const cli_matrices *src, const char *spec,
+                    const int *sel, int nsel, const char *save_model) {
     const cli_common c = *cp;
-    sm_op **ops = calloc((size_t)nnames + 1, sizeof *ops);
-    if (!ops) return cli_fail("fit", "out of memory");
+    sm_op **ops = calloc((size_t)nsel + 1, sizeof *ops);
+    const char **names = calloc((size_t)nsel + 1, sizeof *names);
+    if (!ops || !names) {
+        free(ops), free(names);
+        return cli_fail("fit", "out of memory");
+    }
     if (!c.json)
         printf("%-44s %-28s %-11s %9s %9s %9s %6s %9s %8s\n", "tensor", "spec", "shape",
                "rel_error", "params", "bytes", "bpw", "macs", "fit_s");
     sm_fit_opts fo = {.seed = c.seed};
     sm_progress pr;
-    sm_progress_init(&pr, "fit", nnames);
+    sm_progress_init(&pr, "fit", nsel);
     int rc = 0, done = 0;
     int64_t tot_dense = 0, tot_params = 0, tot_bytes = 0;
     double tot_err2 = 0, tot_energy = 0, tot_time = 0, sum_rel = 0;
-    for (int j = 0; j < nnames && rc == 0; j++) {
-        const sm_tensor_info *t = sm_st_find(st, names[j]);
-        int64_t m = t->shape[0], n = t->shape[1], cnt;
+    for (int j = 0; j < nsel && rc == 0; j++) {
+        const cli_matrix *t = &src->items[sel[j]];
+        int64_t m = t->rows, n = t->cols;
+        names[j] = t->name;
         sm_progress_step(&pr, j, t->name);
-        // The tensor first (its dtype may be unreadable; then the shape means nothing), and
+        // The matrix first (its dtype may be unreadable; then the shape means nothing), and
         // the fit before the second buffer, which sm_op_fit's shape checks make safe to size.
         float *W = NULL, *D = NULL;
         char what[300];
         snprintf(what, sizeof what, "%s (%lldx%lld)", t->name, (long long)m, (long long)n);
-        if (sm_st_read_f32(st, t->name, &W, &cnt) != SM_OK) {
+        if (cli_matrices_read(src, sel[j], &W) != SM_OK) {
             sm_progress_end(&pr);
             rc = cli_fail("fit", t->name);
+            free(W);
             break;
         }
         double t0 = sm_now();
@@ -147,51 +154,107 @@ static int fit_list(const cli_common *cp, const sm_st *st, const char *spec, con
         else if (!c.json)
             fprintf(stderr, "wrote %s\n", c.out);
     }
-    for (int j = 0; j < nnames; j++) sm_op_free(ops[j]);
-    free(ops);
+    if (rc == 0 && save_model) {
+        // The model takes the operators over, then is written with them in place.
+        for (int j = 0; j < done && rc == 0; j++) {
+            if (sm_model_linear_set(src->model, src->items[sel[j]].linear, ops[j]) != SM_OK)
+                rc = cli_fail("fit", names[j]);
+            else
+                ops[j] = NULL;
+        }
+        if (rc == 0 && sm_model_save(src->model, save_model, c.force) != SM_OK)
+            rc = cli_fail("fit", NULL);
+        else if (rc == 0 && !c.json)
+            fprintf(stderr, "wrote %s\n", save_model);
+    }
+    for (int j = 0; j < nsel; j++) sm_op_free(ops[j]);
+    free(ops), free(names);
     return rc;
 }
 
-// The tensors to fit: names, or with all every 2-D weight but the embedding; then fit_list.
+// The matrices to fit: names, or with all every one but the embedding; then fit_list.
 static int fit_checkpoint(const cli_common *c, const char *path, const char *spec,
-                          const char **names, int nnames, bool all) {
-    sm_st *st;
-    if (sm_st_open(path, &st) != SM_OK) return cli_fail("fit", NULL);
-    const char **list = names;
-    int rc = 0;
-    if (all) {
-        list = calloc((size_t)sm_st_count(st) + 1, sizeof *list);
-        if (!list) {
-            sm_st_close(st);
-            return cli_fail("fit", "out of memory");
-        }
-        for (int i = 0; i < sm_st_count(st); i++) {
-            const sm_tensor_info *t = sm_st_get(st, i);
-            if (t->ndim == 2 && !is_embedding(t->name)) list[nnames++] = t->name;
-        }
-        if (nnames == 0) {
+                          const char **names, int nnames, bool all, const char *save_model) {
+    cli_matrices src;
+    if (cli_matrices_open("fit", path, save_model != NULL, &src)) return 1;
+    int *sel = calloc((size_t)src.n + (size_t)nnames + 1, sizeof *sel);
+    int nsel = 0, rc = 0;
+    if (!sel) rc = cli_fail("fit", "out of memory");
+    if (!rc && all) {
+        for (int i = 0; i < src.n; i++)
+            if (!src.items[i].embedding) sel[nsel++] = i;
+        if (nsel == 0) {
             fprintf(stderr, "structmat fit: %s: no 2-D weights to fit\n", path);
             rc = 1;
         }
     }
-    for (int j = 0; j < nnames && rc == 0; j++) {
-        const sm_tensor_info *t = sm_st_find(st, list[j]);
-        if (!t || t->ndim != 2) {
+    for (int j = 0; j < nnames && !rc; j++) {
+        int i = cli_matrices_find(&src, names[j]);
+        if (i < 0) {
             fprintf(stderr, "structmat fit: %s: %s \"%s\"\n", path,
-                    t ? "not a matrix:" : "no tensor named", list[j]);
+                    cli_matrices_why_absent(&src, names[j]), names[j]);
+            rc = 1;
+        } else if (save_model && src.items[i].linear < 0) {
+            fprintf(stderr,
+                    "structmat fit: --save-model: %s is the token embedding, a lookup table that "
+                    "stays as it is\n",
+                    names[j]);
+            rc = 1;
+        } else {
+            sel[nsel++] = i;
+        }
+    }
+    if (!rc && save_model) {
+        sm_model_info f;
+        sm_model_get_info(src.model, &f);
+        // Refused now rather than after fitting (sm_model_save says the same).
+        if (f.rope_layout != SM_ROPE_HALF) {
+            fprintf(stderr,
+                    "structmat fit: --save-model: %s uses interleaved RoPE (llama2.c), which a "
+                    "config.json cannot express; -o writes the operators\n",
+                    path);
             rc = 1;
         }
     }
-    if (rc == 0) rc = fit_list(c, st, spec, list, nnames);
-    if (list != names) free(list);
-    sm_st_close(st);
+    if (!rc) rc = fit_list(c, &src, spec, sel, nsel, save_model);
+    free(sel);
+    cli_matrices_close(&src);
+    return rc;
+}
+
+// Refuses a --save-model directory that cannot be written at the end: prints and returns 1.
+static int check_model_dir(const char *dir, bool force) {
+    struct stat sb;
+    if (!*dir) {
+        fprintf(stderr, "structmat fit: the --save-model path is empty\n");
+        return 1;
+    }
+    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "structmat fit: --save-model %s: exists and is not a directory\n", dir);
+        return 1;
+    }
+    if (stat(dir, &sb) != 0) return cli_check_output("fit", dir, false); // its parent
+    char *cfg = NULL, *st = NULL;
+    int rc = 0;
+    if (asprintf(&cfg, "%s/config.json", dir) < 0 || asprintf(&st, "%s/model.safetensors", dir) < 0)
+        rc = cli_fail("fit", "out of memory");
+    else if (!force && (stat(cfg, &sb) == 0 || stat(st, &sb) == 0)) {
+        fprintf(stderr, "structmat fit: --save-model %s: holds a checkpoint already (use --force "
+                        "to replace it)\n",
+                dir);
+        rc = 1;
+    } else if (access(dir, W_OK) != 0) {
+        fprintf(stderr, "structmat fit: --save-model %s: cannot write there\n", dir);
+        rc = 1;
+    }
+    free(cfg), free(st);
     return rc;
 }
 
 // Options; names has room for every argument.
 static int fit_args(int argc, char **argv, const char **names) {
     cli_common c = {.seed = 24301};
-    const char *path = NULL, *spec = NULL;
+    const char *path = NULL, *spec = NULL, *save_model = NULL;
     int nnames = 0;
     bool all = false;
     for (int i = 1; i < argc; i++) {
@@ -208,6 +271,8 @@ static int fit_args(int argc, char **argv, const char **names) {
             if (!(spec = cli_value(argc, argv, &i))) return 2;
         } else if (strcmp(argv[i], "--all") == 0) {
             all = true;
+        } else if (strcmp(argv[i], "--save-model") == 0) {
+            if (!(save_model = cli_value(argc, argv, &i))) return 2;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "structmat fit: unknown option %s\n", argv[i]);
             return 2;
@@ -232,11 +297,12 @@ static int fit_args(int argc, char **argv, const char **names) {
             }
     // Refuse an output that cannot be written now, not after every fit.
     if (c.out && cli_check_output("fit", c.out, c.force)) return 1;
+    if (save_model && check_model_dir(save_model, c.force)) return 1;
     sm_set_threads(c.threads);
     sm_spec *parsed;
     if (sm_spec_parse(spec, &parsed) != SM_OK) return cli_fail("fit", NULL);
     sm_spec_free(parsed);
-    return fit_checkpoint(&c, path, spec, names, nnames, all);
+    return fit_checkpoint(&c, path, spec, names, nnames, all, save_model);
 }
 
 int cmd_fit(int argc, char **argv) {

@@ -11,7 +11,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: structmat inspect PATH [--tensor NAME]... [--json] [--threads N]\n\n"
             "One row per 2-D weight of a checkpoint (a .safetensors file, a directory with\n"
-            "model.safetensors or a sharded index): shape, dtype, Frobenius and spectral norm,\n"
+            "model.safetensors or a sharded index; or a llama2.c .bin: its token embedding and\n"
+            "linear layers, dtype F32): shape, dtype, Frobenius and spectral norm,\n"
             "stable rank ||W||_F^2/||W||_2^2, effective rank (Roy-Vetterli), k90/k99 (smallest k\n"
             "whose leading sigma_i^2 hold 90%%/99%% of the energy), max|w|/rms(w), excess kurtosis,\n"
             "and WeightWatcher's alpha (power-law fit of the eigenvalues of W^T W); then a summary.\n\n"
@@ -31,98 +32,20 @@ static void json_num(FILE *f, const char *key, double v) {
         fprintf(f, ",\"%s\":null", key);
 }
 
-// What inspect analyses: plain 2-D tensors, and structmat operators (metadata
-// structmat.spec.<name>), whose stored parts are not listed on their own.
-typedef struct item {
-    const char *name;
-    const char *dtype; // the file's dtype, or the operator's spec
-    int64_t rows, cols;
-    bool is_op;
-} item;
-
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-// Whether tensor is "<op>.<part>" for one of the n operator names in sorted: a binary search per
-// '.' of the name (a file may hold many operators and many tensors).
-static bool is_part_of_op(const char *tensor, const char **sorted, int n) {
-    size_t len = strlen(tensor);
-    char *buf = malloc(len + 1);
-    bool hit = false;
-    if (!buf) return false;
-    memcpy(buf, tensor, len + 1);
-    for (char *dot = strchr(buf, '.'); dot && !hit; dot = strchr(dot + 1, '.')) {
-        *dot = 0;
-        const char *key = buf;
-        hit = bsearch(&key, sorted, (size_t)n, sizeof *sorted, cmp_str) != NULL;
-        *dot = '.';
-    }
-    free(buf);
-    return hit;
-}
-
-static int list_items(const sm_st *st, item *out) {
-    int n = 0;
-    for (int i = 0; i < sm_st_meta_count(st); i++) {
-        const char *k, *v;
-        sm_st_meta_get(st, i, &k, &v);
-        const char *pre = "structmat.spec.";
-        if (strncmp(k, pre, strlen(pre)) != 0) continue;
-        // Listed even when its shape is missing or malformed: then sm_op_load says what is wrong
-        // (skipping it would list its parts as plain tensors and hide the fault).
-        char *key = NULL;
-        long long r = 0, c = 0;
-        const char *shape = NULL;
-        if (asprintf(&key, "structmat.shape.%s", k + strlen(pre)) >= 0)
-            shape = sm_st_meta(st, key);
-        free(key);
-        if (!shape || sscanf(shape, "%lld,%lld", &r, &c) != 2) r = c = 0;
-        out[n++] = (item){k + strlen(pre), v, r, c, true};
-    }
-    int nops = n;
-    const char **ops = malloc(((size_t)nops + 1) * sizeof *ops);
-    if (!ops) return -1;
-    for (int i = 0; i < nops; i++) ops[i] = out[i].name;
-    qsort(ops, (size_t)nops, sizeof *ops, cmp_str);
-    for (int i = 0; i < sm_st_count(st); i++) {
-        const sm_tensor_info *t = sm_st_get(st, i);
-        if (t->ndim == 2 && !is_part_of_op(t->name, ops, nops))
-            out[n++] = (item){t->name, t->dtype_name, t->shape[0], t->shape[1], false};
-    }
-    free(ops);
-    return n;
-}
-
-static bool selected(const item *it, const char **only, int nonly) {
+static bool selected(const cli_matrix *it, const char **only, int nonly) {
     if (!nonly) return true;
     for (int j = 0; j < nonly; j++)
         if (strcmp(only[j], it->name) == 0) return true;
     return false;
 }
 
-// W (rows, cols) of an item, malloc'd: the tensor as F32, or the operator's dense matrix.
-static sm_status read_matrix(const sm_st *st, const item *it, float **W) {
-    int64_t cnt;
-    if (!it->is_op) return sm_st_read_f32(st, it->name, W, &cnt);
-    sm_op *op;
-    sm_status s = sm_op_load(st, it->name, &op);
-    if (s != SM_OK) return s;
-    // Sized from the loaded operator, whose shape sm_op_load has checked.
-    *W = malloc(sizeof(float) * (size_t)(sm_op_rows(op) * sm_op_cols(op)));
-    if (!*W)
-        s = sm_fail(SM_ERR_ALLOC, "out of memory for a %lldx%lld matrix",
-                    (long long)sm_op_rows(op), (long long)sm_op_cols(op));
-    else
-        s = sm_op_to_dense(op, *W);
-    sm_op_free(op);
-    return s;
-}
-
 // Analyses the selected items (every one when nonly is 0) and prints rows and the summary.
-static int inspect_items(const cli_common *cp, const sm_st *st, const char *path,
-                         const item *items, int n, const char **only, int nonly) {
+static int inspect_items(const cli_common *cp, const cli_matrices *src, const char **only,
+                         int nonly) {
     const cli_common c = *cp;
+    const cli_matrix *items = src->items;
+    const char *path = src->path;
+    int n = src->n;
     for (int j = 0; j < nonly; j++) {
         bool found = false;
         for (int i = 0; i < n; i++) found |= strcmp(items[i].name, only[j]) == 0;
@@ -144,12 +67,12 @@ static int inspect_items(const cli_common *cp, const sm_st *st, const char *path
     int n_alpha = 0;
     int64_t params = 0;
     for (int i = 0; i < n; i++) {
-        const item *t = &items[i];
+        const cli_matrix *t = &items[i];
         if (!selected(t, only, nonly)) continue;
         sm_progress_step(&pr, done, t->name);
         float *W = NULL;
         sm_matrix_stats ms;
-        if (read_matrix(st, t, &W) != SM_OK ||
+        if (cli_matrices_read(src, i, &W) != SM_OK ||
             sm_matrix_analyze(W, t->rows, t->cols, &ms, NULL) != SM_OK) {
             sm_progress_end(&pr);
             cli_fail("inspect", t->name);
@@ -168,7 +91,7 @@ static int inspect_items(const cli_common *cp, const sm_st *st, const char *path
             cli_json_str(stdout, t->name);
             printf(",\"shape\":[%lld,%lld],\"%s\":", (long long)t->rows, (long long)t->cols,
                    t->is_op ? "spec" : "dtype");
-            cli_json_str(stdout, t->dtype);
+            cli_json_str(stdout, t->kind);
             json_num(stdout, "fro_norm", ms.fro_norm);
             json_num(stdout, "spectral_norm", ms.spectral_norm);
             json_num(stdout, "stable_rank", ms.stable_rank);
@@ -185,7 +108,7 @@ static int inspect_items(const cli_common *cp, const sm_st *st, const char *path
             snprintf(shape, sizeof shape, "%lldx%lld", (long long)t->rows,
                      (long long)t->cols);
             printf("%-44s %-11s %-14s %9.4g %9.4g %8.2f %8.1f %5lld %5lld %8.2f %8.3f %7.3f\n",
-                   t->name, shape, t->dtype, ms.fro_norm, ms.spectral_norm, ms.stable_rank,
+                   t->name, shape, t->kind, ms.fro_norm, ms.spectral_norm, ms.stable_rank,
                    ms.effective_rank, (long long)ms.k90, (long long)ms.k99, ms.max_over_rms,
                    ms.kurtosis, ms.alpha);
         }
@@ -240,18 +163,10 @@ static int inspect_args(int argc, char **argv, const char **only) {
         return 2;
     }
     sm_set_threads(c.threads);
-    sm_st *st;
-    if (sm_st_open(path, &st) != SM_OK) return cli_fail("inspect", NULL);
-    item *items = calloc((size_t)(sm_st_count(st) + sm_st_meta_count(st) + 1), sizeof *items);
-    if (!items) {
-        sm_st_close(st);
-        return cli_fail("inspect", "out of memory");
-    }
-    int n = list_items(st, items);
-    int rc = n < 0 ? cli_fail("inspect", "out of memory")
-                   : inspect_items(&c, st, path, items, n, only, nonly);
-    free(items);
-    sm_st_close(st);
+    cli_matrices src;
+    if (cli_matrices_open("inspect", path, false, &src)) return 1;
+    int rc = inspect_items(&c, &src, only, nonly);
+    cli_matrices_close(&src);
     return rc;
 }
 

@@ -11,6 +11,8 @@ static const struct {
 } k_commands[] = {
     {"inspect", cmd_inspect, "spectra, ranks, norms and outliers of a checkpoint's matrices"},
     {"fit", cmd_fit, "fit matrices to a structure; error, size and speed figures"},
+    {"eval", cmd_eval, "perplexity, bits per byte and KL divergence of a model on a text"},
+    {"generate", cmd_generate, "generate text or token ids from a prompt"},
     {"bench", cmd_bench, "apply throughput of every structure against dense OpenBLAS"},
     {"specs", cmd_specs, "the structures, their keys and defaults"},
 };
