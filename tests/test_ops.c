@@ -36,6 +36,11 @@ static const ocase k_cases[] = {
     {"sparse:nm=1:3", 24, 33},
     {"sparse:density=0.1+lowrank:rank=3", 40, 24},
     {"lowrank:rank=2,dtype=f16+sparse:nm=2:4", 36, 52},
+    {"cur:rank=5", 37, 53},
+    {"cur:ratio=0.3,select=leverage,dtype=f16", 40, 75},
+    {"cur:rank=4,dtype=bf16", 48, 48},
+    {"cur:rank=7,dtype=q8", 66, 130},
+    {"cur:rank=3,dtype=q4", 70, 65},
     // ISSUE-6 (rtn, gptq, onebit, bitstack, quantizer+lowrank):
     {"rtn:bits=4", 37, 64},
     {"rtn:bits=3,group=32,sym", 33, 96},
