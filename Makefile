@@ -3,9 +3,10 @@ BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 DEB_BUILD = build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev
 DEB_TEST = python3-numpy
+DEB_FUZZ = clang-14 libclang-rt-14-dev libomp-14-dev
 MODEL = models/shakespeare-llama-3m
 
-.PHONY: all deps test-deps configure demo test test-fast asan bench install clean
+.PHONY: all deps test-deps configure demo test test-fast asan fuzz fuzz-build bench install clean
 
 all: $(BUILD)/structmat
 
@@ -38,6 +39,21 @@ asan: deps
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS) -L fast
 
+# libFuzzer harnesses (fuzz/README.md), each run FUZZ_SECONDS after the other, built with clang,
+# ASan and UBSan in build-fuzz; fails on any finding (left in build-fuzz/findings/).
+FUZZ_SECONDS ?= 30
+FUZZ_BUILD ?= build-fuzz
+FUZZ_TARGETS ?= $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+
+fuzz-build: deps
+	@tools/deps.sh $(DEB_FUZZ)
+	CC=clang-14 cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Release -DSM_FUZZ=ON >/dev/null
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target make_corpus $(addprefix fuzz_,$(FUZZ_TARGETS))
+	$(FUZZ_BUILD)/make_corpus $(FUZZ_BUILD)/seeds >/dev/null
+
+fuzz: fuzz-build
+	fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 bench: $(BUILD)/structmat
 	$(BUILD)/structmat bench
 
@@ -45,6 +61,6 @@ install: $(BUILD)/structmat
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan $(FUZZ_BUILD)
 
 FORCE:
