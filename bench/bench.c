@@ -23,6 +23,13 @@ static const char *k_specs[] = {
     "blockdiag:blocks=4",
     "blocklowrank:blocks=4,ratio=0.25",
     "kron:a=32x32",
+    // Apply speed does not depend on how well the factors fit: iters=0 keeps BLAST's fit to its
+    // warm start here (the iterations take minutes at 4096 x 4096; BENCHMARKS.md times them).
+    "blast:blocks=4,ratio=0.5,iters=0",
+    "blast:blocks=16,ratio=0.5,iters=0",
+    "sparse:density=0.5",
+    "sparse:nm=2:4",
+    "sparse:density=0.05",
 };
 
 void bench_opts_init(bench_opts *o, bool quick) {
