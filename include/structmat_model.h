@@ -129,6 +129,15 @@ typedef enum sm_logits {
 sm_status sm_context_forward(sm_context *c, const int32_t *tokens, int64_t n, sm_logits which,
                              float *logits);
 
+// An observer sees the input of every linear layer as the forward pass reaches it: layer i
+// (sm_model_linear's numbering) and X (T, in) row-major, the T tokens of one step (T <= n_batch).
+// q, k and v see the same X, as do gate and up; the output head sees only the rows whose logits
+// are computed (all with SM_LOGITS_ALL). A status other than SM_OK stops the pass, which returns
+// it (the context's position is then unchanged). Calibration (below) is one; NULL fn: none, the
+// default, which costs one branch per linear layer.
+typedef sm_status (*sm_linear_observer)(void *user, int64_t i, int64_t T, const float *X);
+void sm_context_set_observer(sm_context *c, sm_linear_observer fn, void *user);
+
 // --- tokenizers ----------------------------------------------------------------------------------
 
 typedef struct sm_tokenizer sm_tokenizer;
@@ -223,8 +232,11 @@ typedef struct sm_eval_summary {
 void sm_eval_summarize(const sm_eval_stats *s, sm_eval_summary *out);
 
 // A KL-divergence base file: the tokens of every chunk and, per scored position, the base
-// model's log-probabilities (layout in docs/format.md). Written chunk by chunk to a temporary
-// sibling and renamed into place by sm_kld_base_commit; read back chunk by chunk.
+// model's log-probabilities. Little-endian: a 64-byte header (char magic[8] "SMKLDIV\0",
+// uint32 version 1, uint32 dtype 0 = F32, int64 vocab, n_ctx, n_chunks, first, int32 bos,
+// 12 zero bytes), the tokens int32 (n_chunks, n_ctx), then per chunk the F32 log-softmax rows
+// (n_ctx - 1 - first, vocab); the file size must be exactly that. Written chunk by chunk to a
+// temporary sibling and renamed into place by sm_kld_base_commit; read back chunk by chunk.
 typedef struct sm_kld_base sm_kld_base;
 
 typedef struct sm_kld_base_info {
@@ -260,6 +272,89 @@ const void *sm_model_embedding(const sm_model *m, sm_dtype *dtype);
 // structmat parts and metadata, norms and biases F32. Existing files are refused (SM_ERR_EXISTS)
 // unless force. Interleaved-RoPE models (llama2.c) are refused: config.json cannot say so.
 sm_status sm_model_save(const sm_model *m, const char *dir, bool force);
+
+// --- calibration statistics ------------------------------------------------------------------
+//
+// For activation-aware fitting (sm_fit_opts.stats): per distinct linear input x of a model, over
+// the tokens of a calibration text, H = sum x x^T (F64), sum x^2 per channel (F64) and max |x|
+// per channel (F32). An input is named after the first linear layer that reads it, less
+// ".weight":
+//     q_proj, k_proj, v_proj -> model.layers.L.self_attn.q_proj
+//     o_proj                 -> model.layers.L.self_attn.o_proj
+//     gate_proj, up_proj     -> model.layers.L.mlp.gate_proj
+//     down_proj              -> model.layers.L.mlp.down_proj
+//     lm_head                -> lm_head
+// The file (docs/format.md, "Calibration statistics") also records which input each linear
+// layer reads, so readers need not know the rule.
+//
+//     sm_calib *cal;
+//     sm_calib_init(model, 256, &cal);              // a context of 256 tokens inside
+//     for (each chunk of at most 256 tokens) sm_calib_run(cal, chunk, len);
+//     sm_calib_save(cal, "stats.safetensors", &(sm_calib_source){...}, false);
+//     sm_calib_free(cal);
+//     ...
+//     sm_calib_open("stats.safetensors", &cal);
+//     sm_stats s;                                   // views into cal
+//     sm_calib_get(cal, "model.layers.0.self_attn.k_proj.weight", 256, &s);
+//     sm_op_fit(W, 128, 256, "lowrank:ratio=0.5", &(sm_fit_opts){.stats = &s}, &op);
+
+#define SM_CALIB_FORMAT_VERSION 1 // structmat.calib.format_version
+
+typedef struct sm_calib sm_calib;
+
+// Zeroed statistics for every distinct input of m (5 per layer, then the head's) and a context of
+// n_ctx tokens (0: as sm_context_init) to run m in, so m may not change until sm_calib_free.
+sm_status sm_calib_init(const sm_model *m, int64_t n_ctx, sm_calib **out);
+int64_t sm_calib_ctx_size(const sm_calib *cal); // the context's n_ctx (0 for an opened file)
+// Runs tokens (n, 1 <= n <= the context size) as one sequence from an empty cache and adds every
+// linear input of every token, the output head's included (it runs on every position).
+sm_status sm_calib_run(sm_calib *cal, const int32_t *tokens, int64_t n);
+int64_t sm_calib_tokens(const sm_calib *cal); // tokens added (each input saw every one)
+
+// Where the tokens came from, for the file's metadata.
+typedef struct sm_calib_source {
+    const char *model;               // the model's path, or NULL
+    const char *text;                // the text file's path, or NULL
+    int64_t text_begin, text_end;    // the bytes [begin, end) of the text the tokens cover
+    int64_t ctx;                     // tokens per chunk (the last may be shorter)
+    int64_t chunks;                  // sequences run
+    int32_t bos;                     // the BOS id that starts every chunk, -1: none
+} sm_calib_source;
+// Writes collected statistics (src may be NULL) as safetensors, to a temporary sibling renamed
+// into place; an existing path is refused (SM_ERR_EXISTS) unless force.
+sm_status sm_calib_save(sm_calib *cal, const char *path, const sm_calib_source *src, bool force);
+
+// Reads a statistics file (checked: format version, token count, every input's three tensors
+// with their dtypes and shapes; values are checked when an input is got).
+sm_status sm_calib_open(const char *path, sm_calib **out);
+void sm_calib_free(sm_calib *cal);
+const char *sm_calib_meta(const sm_calib *cal, const char *key); // an opened file's, or NULL
+
+typedef struct sm_calib_input {
+    const char *name;     // "model.layers.0.self_attn.q_proj"
+    int64_t n;            // channels: the input size of the layers reading it
+    const double *gram;   // (n, n) sum of x x^T over the tokens, symmetric
+    const double *sqsum;  // (n) sum of x_j^2
+    const float *absmax;  // (n) max |x_j|
+} sm_calib_input;
+int sm_calib_count(const sm_calib *cal); // distinct inputs
+// Input i (0 <= i < count). The pointers are views into cal (or the mapped file), valid until
+// the next sm_calib_input_get or sm_calib_get on cal or its free. SM_ERR_FORMAT for a file whose
+// values are not finite, or negative where sums of squares are.
+sm_status sm_calib_input_get(sm_calib *cal, int i, sm_calib_input *in);
+// The index of the input linear layer `layer` reads ("model.layers.0.self_attn.k_proj.weight",
+// ".weight" optional); SM_ERR_NOT_FOUND naming the file when it has none.
+sm_status sm_calib_find(const sm_calib *cal, const char *layer, int *i);
+// The statistics to fit linear layer `layer`, whose input has n channels, with: SM_ERR_NOT_FOUND
+// as sm_calib_find, SM_ERR_SHAPE when the stored input has another size (stats of another
+// model). stats points into cal as sm_calib_input_get's pointers do; tokens = sm_calib_tokens.
+sm_status sm_calib_get(sm_calib *cal, const char *layer, int64_t n, sm_stats *stats);
+
+// The activation-aware relative error sqrt(tr(dW H dW^T) / tr(W H W^T)), dW = W - W_hat, for
+// W, W_hat (m, n) and H (n, n) symmetric positive semidefinite, in double (sqrt of the numerator
+// when the denominator is 0).
+sm_status sm_act_rel_error(const float *W, const float *W_hat, int64_t m, int64_t n,
+                           const double *H, double *rel);
 
 #ifdef __cplusplus
 }
