@@ -302,7 +302,7 @@ sm_status sm_model_save(const sm_model *m, const char *dir, bool force);
 
 typedef struct sm_calib sm_calib;
 
-// Zeroed statistics for every distinct input of m (5 per layer, then the head's) and a context of
+// Zeroed statistics for every distinct input of m (4 per layer, then the head's) and a context of
 // n_ctx tokens (0: as sm_context_init) to run m in, so m may not change until sm_calib_free.
 sm_status sm_calib_init(const sm_model *m, int64_t n_ctx, sm_calib **out);
 int64_t sm_calib_ctx_size(const sm_calib *cal); // the context's n_ctx (0 for an opened file)

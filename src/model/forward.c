@@ -44,9 +44,11 @@ struct sm_context {
     float *rope_sin; // (n_ctx, head_dim / 2)
     // Head-major caches: one head's keys (values) for all positions are contiguous, so the
     // attention of a head streams them in order.
-    float *key_cache; // (n_layers, n_kv_heads, n_ctx, head_dim) keys after RoPE
-    float *val_cache; // (n_layers, n_kv_heads, n_ctx, head_dim)
-    float *work;      // operator scratch: the most any operator needs for n_batch rows
+    float *key_cache;            // (n_layers, n_kv_heads, n_ctx, head_dim) keys after RoPE
+    float *val_cache;            // (n_layers, n_kv_heads, n_ctx, head_dim)
+    float *work;                 // operator scratch: the most any operator needs for n_batch rows
+    sm_linear_observer observer; // sees each linear layer's input (calibration), or NULL
+    void *observer_user;
 };
 
 // --- layers -------------------------------------------------------------------------------------
@@ -166,14 +168,18 @@ static void residual_forward(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
 }
 
-// Y (T, out) = X (T, in) W^T (+ bias (out) on every row)
-static sm_status linear_forward(const sm_context *c, const sm_op *op, int64_t T, const float *X,
-                                float *Y, const float *bias) {
-    sm_status st = sm_op_apply(op, T, X, Y, c->work);
+// Y (T, out) = X (T, in) W^T (+ bias (out) on every row) for linear layer i; an observer sees X
+// first (one branch when there is none).
+static sm_status linear_forward(const sm_context *c, int64_t i, int64_t T, const float *X, float *Y,
+                                const float *bias) {
+    const sm_op *op = c->m->ops[i];
+    sm_status st = SM_OK;
+    if (c->observer && (st = c->observer(c->observer_user, i, T, X)) != SM_OK) return st;
+    st = sm_op_apply(op, T, X, Y, c->work);
     if (st != SM_OK || !bias) return st;
     int64_t out = sm_op_rows(op);
     for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < out; i++) Y[t * out + i] += bias[i];
+        for (int64_t j = 0; j < out; j++) Y[t * out + j] += bias[j];
     return SM_OK;
 }
 
@@ -315,6 +321,11 @@ size_t sm_context_nbytes(const sm_context *c) {
     return c->nbytes;
 }
 
+void sm_context_set_observer(sm_context *c, sm_linear_observer fn, void *user) {
+    c->observer = fn;
+    c->observer_user = user;
+}
+
 sm_status sm_context_rewind(sm_context *c, int64_t pos) {
     if (pos < 0 || pos > c->pos)
         return sm_fail(SM_ERR_ARG, "cannot rewind to position %lld: the context holds %lld tokens",
@@ -350,14 +361,13 @@ static sm_status forward_step(sm_context *c, const int32_t *tokens, int64_t T, f
         float *kc = c->key_cache + l * c->n_ctx * kv_dim; // (n_kv_heads, n_ctx, hd)
         float *vc = c->val_cache + l * c->n_ctx * kv_dim; // (n_kv_heads, n_ctx, hd)
         const float *bias = m->bias ? m->bias + l * (q_dim + 2 * kv_dim) : NULL;
+        int64_t lin = l * SM_LIN_PER_LAYER; // this layer's first linear layer (q)
 
         // attention block
         rmsnorm_forward(c->xb, c->x, m->rms_att + l * dim, T, dim, f->rms_eps);
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_Q), T, c->xb, c->q, bias));
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_K), T, c->xb, c->k,
-                           bias ? bias + q_dim : NULL));
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_V), T, c->xb, c->v,
-                           bias ? bias + q_dim + kv_dim : NULL));
+        TRY(linear_forward(c, lin + SM_LIN_Q, T, c->xb, c->q, bias));
+        TRY(linear_forward(c, lin + SM_LIN_K, T, c->xb, c->k, bias ? bias + q_dim : NULL));
+        TRY(linear_forward(c, lin + SM_LIN_V, T, c->xb, c->v, bias ? bias + q_dim + kv_dim : NULL));
         rope_forward(c->q, T, q_dim, f->n_heads, hd, pos, f->rope_layout, c->rope_cos, c->rope_sin);
         rope_forward(c->k, T, kv_dim, f->n_kv_heads, hd, pos, f->rope_layout, c->rope_cos,
                      c->rope_sin);
@@ -365,15 +375,15 @@ static sm_status forward_step(sm_context *c, const int32_t *tokens, int64_t T, f
         cache_store(vc, c->v, T, pos, f->n_kv_heads, hd, c->n_ctx);
         attention_forward(c->att, c->q, kc, vc, c->scores, T, pos, f->n_heads, f->n_kv_heads, hd,
                           c->n_ctx);
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_O), T, c->att, c->xb2, NULL));
+        TRY(linear_forward(c, lin + SM_LIN_O, T, c->att, c->xb2, NULL));
         residual_forward(c->x, c->xb2, T * dim);
 
         // MLP block
         rmsnorm_forward(c->xb, c->x, m->rms_ffn + l * dim, T, dim, f->rms_eps);
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_GATE), T, c->xb, c->hb, NULL));
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_UP), T, c->xb, c->hb2, NULL));
+        TRY(linear_forward(c, lin + SM_LIN_GATE, T, c->xb, c->hb, NULL));
+        TRY(linear_forward(c, lin + SM_LIN_UP, T, c->xb, c->hb2, NULL));
         swiglu_forward(c->hb, c->hb2, T * hidden);
-        TRY(linear_forward(c, sm_model_op(m, l, SM_LIN_DOWN), T, c->hb, c->xb2, NULL));
+        TRY(linear_forward(c, lin + SM_LIN_DOWN, T, c->hb, c->xb2, NULL));
         residual_forward(c->x, c->xb2, T * dim);
     }
     c->pos += T;
@@ -382,7 +392,7 @@ static sm_status forward_step(sm_context *c, const int32_t *tokens, int64_t T, f
     // Only the rows whose logits are wanted go through the final norm and the output head.
     int64_t first = last_only ? T - 1 : 0, rows = T - first;
     rmsnorm_forward(c->xb, c->x + first * dim, m->rms_final, rows, dim, f->rms_eps);
-    TRY(linear_forward(c, m->ops[f->n_linear - 1], rows, c->xb, logits, NULL));
+    TRY(linear_forward(c, f->n_linear - 1, rows, c->xb, logits, NULL));
 #undef TRY
     return SM_OK;
 }
