@@ -283,8 +283,66 @@ static sm_status sum_alternate(const sm_spec *sp, sum_impl *s, const float *W, i
     return st;
 }
 
+// A fit of a finite matrix can still overflow float arithmetic (values near FLT_MAX square to Inf
+// inside an SVD) or divide by a vanished pivot: an operator holding a NaN or Inf would poison
+// every output, so it is refused instead of returned. Every part in a floating-point dtype is
+// scanned (codes are integers and cannot be non-finite).
+static sm_status check_fitted(const sm_op *op, const float *W, int64_t m, int64_t n) {
+    sm_part *parts = NULL;
+    int np = 0;
+    sm_status st = sm_op_parts(op, &parts, &np);
+    for (int i = 0; i < np && st == SM_OK; i++) {
+        const sm_part *p = &parts[i];
+        const unsigned char *d = p->data;
+        size_t esz = sm_dtype_size(p->dtype), count = esz ? p->nbytes / esz : 0;
+        for (size_t k = 0; k < count && st == SM_OK; k++) {
+            bool bad = false;
+            uint16_t h;
+            if (p->dtype == SM_DTYPE_F32) {
+                float v;
+                memcpy(&v, d + 4 * k, 4);
+                bad = !isfinite(v);
+            } else if (p->dtype == SM_DTYPE_F64) {
+                double v;
+                memcpy(&v, d + 8 * k, 8);
+                bad = !isfinite(v);
+            } else if (p->dtype == SM_DTYPE_F16 || p->dtype == SM_DTYPE_BF16) {
+                memcpy(&h, d + 2 * k, 2);
+                bad = p->dtype == SM_DTYPE_F16 ? (h & 0x7c00) == 0x7c00 : (h & 0x7f80) == 0x7f80;
+            } else {
+                break; // integer codes, indices, masks
+            }
+            if (bad) {
+                float big = 0;
+                for (int64_t j = 0; j < m * n; j++) big = fmaxf(big, fabsf(W[j]));
+                st = sm_fail(SM_ERR_NUMERIC,
+                             "fit: %s produced a non-finite value (part \"%s\", element %zu): "
+                             "float arithmetic overflowed on a %lldx%lld matrix whose largest "
+                             "magnitude is %g (scale it down)",
+                             op->spec, p->name, k, (long long)m, (long long)n, (double)big);
+            }
+        }
+    }
+    free(parts);
+    return st;
+}
+
+static sm_status fit_unchecked(const float *W, int64_t m, int64_t n, const char *spec,
+                             const sm_fit_opts *opts, sm_op **out);
+
 sm_status sm_op_fit(const float *W, int64_t m, int64_t n, const char *spec,
                     const sm_fit_opts *opts, sm_op **out) {
+    sm_status st = fit_unchecked(W, m, n, spec, opts, out);
+    if (st == SM_OK && (st = check_fitted(*out, W, m, n)) != SM_OK) {
+        sm_op_free(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+// sm_op_fit before the check of the fitted values.
+static sm_status fit_unchecked(const float *W, int64_t m, int64_t n, const char *spec,
+                             const sm_fit_opts *opts, sm_op **out) {
     *out = NULL;
     if (!W || m <= 0 || n <= 0)
         return sm_fail(SM_ERR_ARG, "fit: need a matrix with m, n >= 1 (got %lldx%lld)",
