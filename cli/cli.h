@@ -13,6 +13,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_specs(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 
 // Common options every command takes.
 typedef struct cli_common {

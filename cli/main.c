@@ -10,6 +10,7 @@ static const struct {
     const char *what;
 } k_commands[] = {
     {"inspect", cmd_inspect, "spectra, ranks, norms and outliers of a checkpoint's matrices"},
+    {"calibrate", cmd_calibrate, "collect activation statistics of a model on a text for --calib"},
     {"fit", cmd_fit, "fit matrices to a structure; error, size and speed figures"},
     {"eval", cmd_eval, "perplexity, bits per byte and KL divergence of a model on a text"},
     {"generate", cmd_generate, "generate text or token ids from a prompt"},
