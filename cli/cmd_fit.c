@@ -1,4 +1,5 @@
-// structmat fit PATH (--tensor NAME... | --all) --spec SPEC [--json] [-o FILE] [--save-model DIR]
+// structmat fit PATH (--tensor NAME... | --all) --spec SPEC [--calib STATS] [--json] [-o FILE]
+//               [--save-model DIR]
 #include "cli.h"
 
 #include <math.h>
@@ -25,10 +26,14 @@ static void usage(FILE *f) {
             "  --save-model DIR  write the whole model with the fitted matrices in place as a\n"
             "                    checkpoint directory that eval and generate load (PATH must be\n"
             "                    a model they load, with half-split RoPE: not a llama2.c file)\n"
+            "  --calib STATS     activation-aware: fit each matrix to ||X (W - W_hat)^T||_F with\n"
+            "                    its input statistics from `structmat calibrate`, and report\n"
+            "                    act_rel_error = sqrt(tr(dW H dW^T) / tr(W H W^T)), H = X^T X\n"
             "  --force           replace FILE or DIR's checkpoint if it exists\n"
             "  --json            one JSON object per tensor per line, then {\"summary\": {...}};\n"
             "                    keys: tensor, spec, shape, rel_error, params, bytes, bpw, macs,\n"
-            "                    fit_seconds\n"
+            "                    fit_seconds; with --calib also act_rel_error (and\n"
+            "                    mean_act_rel_error in the summary)\n"
             "  --seed S          seed of randomized solvers (default 24301)\n"
             "  --threads N       threads (default: all cores)\n\n"
             "examples:\n"
@@ -36,7 +41,11 @@ static void usage(FILE *f) {
             "  structmat fit models/shakespeare-llama-3m --tensor model.layers.0.mlp.up_proj.weight \\\n"
             "      --spec monarch:blocks=4 --json\n"
             "  structmat fit models/shakespeare-llama-3m --all --spec dense:dtype=q4 --save-model q4\n"
-            "  structmat fit models/stories260K.bin --all --spec lowrank:ratio=0.5\n");
+            "  structmat fit models/stories260K.bin --all --spec lowrank:ratio=0.5\n"
+            "  structmat calibrate models/shakespeare-llama-3m -f data/tinyshakespeare.txt \\\n"
+            "      -o s.calib\n"
+            "  structmat fit models/shakespeare-llama-3m --all --spec lowrank:ratio=0.5 \\\n"
+            "      --calib s.calib\n");
 }
 
 static double rel_error(const float *W, const float *D, int64_t n) {
@@ -49,10 +58,11 @@ static double rel_error(const float *W, const float *D, int64_t n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-// Fits the matrices sel[0..nsel) of src, prints a row each and the summary, and writes the
-// operators to c->out and (save_model) the model with them in place to save_model if asked.
+// Fits the matrices sel[0..nsel) of src (to their calibration statistics in cal, when given),
+// prints a row each and the summary, and writes the operators to c->out and (save_model) the
+// model with them in place to save_model if asked.
 static int fit_list(const cli_common *cp, const cli_matrices *src, const char *spec,
-                    const int *sel, int nsel, const char *save_model) {
+                    const int *sel, int nsel, const char *save_model, sm_calib *cal) {
     const cli_common c = *cp;
     sm_op **ops = calloc((size_t)nsel + 1, sizeof *ops);
     const char **names = calloc((size_t)nsel + 1, sizeof *names);
@@ -61,14 +71,14 @@ static int fit_list(const cli_common *cp, const cli_matrices *src, const char *s
         return cli_fail("fit", "out of memory");
     }
     if (!c.json)
-        printf("%-44s %-28s %-11s %9s %9s %9s %6s %9s %8s\n", "tensor", "spec", "shape",
-               "rel_error", "params", "bytes", "bpw", "macs", "fit_s");
+        printf("%-44s %-28s %-11s %9s %9s %9s %6s %9s %8s%s\n", "tensor", "spec", "shape",
+               "rel_error", "params", "bytes", "bpw", "macs", "fit_s", cal ? "   act_err" : "");
     sm_fit_opts fo = {.seed = c.seed};
     sm_progress pr;
     sm_progress_init(&pr, "fit", nsel);
     int rc = 0, done = 0;
     int64_t tot_dense = 0, tot_params = 0, tot_bytes = 0;
-    double tot_err2 = 0, tot_energy = 0, tot_time = 0, sum_rel = 0;
+    double tot_err2 = 0, tot_energy = 0, tot_time = 0, sum_rel = 0, sum_act = 0;
     for (int j = 0; j < nsel && rc == 0; j++) {
         const cli_matrix *t = &src->items[sel[j]];
         int64_t m = t->rows, n = t->cols;
@@ -85,6 +95,14 @@ static int fit_list(const cli_common *cp, const cli_matrices *src, const char *s
             free(W);
             break;
         }
+        sm_stats stats;
+        if (cal && sm_calib_get(cal, t->name, n, &stats) != SM_OK) {
+            sm_progress_end(&pr);
+            rc = cli_fail("fit", "--calib");
+            free(W);
+            break;
+        }
+        fo.stats = cal ? &stats : NULL;
         double t0 = sm_now();
         if (sm_op_fit(W, m, n, spec, &fo, &ops[j]) != SM_OK) {
             sm_progress_end(&pr);
@@ -101,8 +119,14 @@ static int fit_list(const cli_common *cp, const cli_matrices *src, const char *s
             free(W), free(D);
             break;
         }
-        double err = rel_error(W, D, m * n), energy = 0;
+        double err = rel_error(W, D, m * n), energy = 0, act = NAN;
         for (int64_t i = 0; i < m * n; i++) energy += (double)W[i] * W[i];
+        if (cal && sm_act_rel_error(W, D, m, n, stats.gram, &act) != SM_OK) {
+            sm_progress_end(&pr);
+            rc = cli_fail("fit", what);
+            free(W), free(D);
+            break;
+        }
         free(W), free(D);
         const sm_op *op = ops[j];
         int64_t params = sm_op_nparams(op), bytes = sm_op_nbytes(op), macs = sm_op_macs(op);
@@ -110,21 +134,26 @@ static int fit_list(const cli_common *cp, const cli_matrices *src, const char *s
         done++;
         tot_dense += m * n, tot_params += params, tot_bytes += bytes;
         tot_err2 += err * err * energy, tot_energy += energy, tot_time += secs, sum_rel += err;
+        if (cal) sum_act += act;
         if (c.json) {
             printf("{\"tensor\":");
             cli_json_str(stdout, t->name);
             printf(",\"spec\":");
             cli_json_str(stdout, sm_op_spec(op));
             printf(",\"shape\":[%lld,%lld],\"rel_error\":%.9g,\"params\":%lld,\"bytes\":%lld,"
-                   "\"bpw\":%.6g,\"macs\":%lld,\"fit_seconds\":%.6g}\n",
+                   "\"bpw\":%.6g,\"macs\":%lld,\"fit_seconds\":%.6g",
                    (long long)m, (long long)n, err, (long long)params, (long long)bytes, bpw,
                    (long long)macs, secs);
+            if (cal) printf(",\"act_rel_error\":%.9g", act);
+            printf("}\n");
         } else {
             char shape[32];
             snprintf(shape, sizeof shape, "%lldx%lld", (long long)m, (long long)n);
-            printf("%-44s %-28s %-11s %9.5f %9lld %9lld %6.2f %9lld %8.3f\n", t->name,
+            printf("%-44s %-28s %-11s %9.5f %9lld %9lld %6.2f %9lld %8.3f", t->name,
                    sm_op_spec(op), shape, err, (long long)params, (long long)bytes, bpw,
                    (long long)macs, secs);
+            if (cal) printf(" %9.5f", act);
+            printf("\n");
         }
         fflush(stdout);
     }
@@ -136,16 +165,20 @@ static int fit_list(const cli_common *cp, const cli_matrices *src, const char *s
             cli_json_str(stdout, spec);
             printf(",\"matrices\":%d,\"dense_params\":%lld,\"params\":%lld,\"bytes\":%lld,"
                    "\"param_ratio\":%.6g,\"bpw\":%.6g,\"mean_rel_error\":%.9g,"
-                   "\"overall_rel_error\":%.9g,\"fit_seconds\":%.6g}}\n",
+                   "\"overall_rel_error\":%.9g,\"fit_seconds\":%.6g",
                    done, (long long)tot_dense, (long long)tot_params, (long long)tot_bytes,
                    (double)tot_params / (double)tot_dense,
                    (double)tot_bytes * 8.0 / (double)tot_dense, sum_rel / done, werr, tot_time);
+            if (cal) printf(",\"mean_act_rel_error\":%.9g", sum_act / done);
+            printf("}}\n");
         } else {
             printf("\n%s: %d matrices, %lld of %lld parameters (%.1f%%), %.3f bits per weight, "
                    "mean rel_error %.4f, overall %.4f, %.2f s\n",
                    spec, done, (long long)tot_params, (long long)tot_dense,
                    100.0 * (double)tot_params / (double)tot_dense,
                    (double)tot_bytes * 8.0 / (double)tot_dense, sum_rel / done, werr, tot_time);
+            if (cal)
+                printf("activation-aware (--calib): mean act_rel_error %.4f\n", sum_act / done);
         }
     }
     if (rc == 0 && c.out) {
@@ -174,7 +207,8 @@ static int fit_list(const cli_common *cp, const cli_matrices *src, const char *s
 
 // The matrices to fit: names, or with all every one but the embedding; then fit_list.
 static int fit_checkpoint(const cli_common *c, const char *path, const char *spec,
-                          const char **names, int nnames, bool all, const char *save_model) {
+                          const char **names, int nnames, bool all, const char *save_model,
+                          sm_calib *cal) {
     cli_matrices src;
     if (cli_matrices_open("fit", path, save_model != NULL, &src)) return 1;
     int *sel = calloc((size_t)src.n + (size_t)nnames + 1, sizeof *sel);
@@ -216,7 +250,13 @@ static int fit_checkpoint(const cli_common *c, const char *path, const char *spe
             rc = 1;
         }
     }
-    if (!rc) rc = fit_list(c, &src, spec, sel, nsel, save_model);
+    // Statistics for every matrix, of the right size, before any is fitted.
+    for (int j = 0; j < nsel && !rc && cal; j++) {
+        sm_stats s;
+        if (sm_calib_get(cal, src.items[sel[j]].name, src.items[sel[j]].cols, &s) != SM_OK)
+            rc = cli_fail("fit", "--calib");
+    }
+    if (!rc) rc = fit_list(c, &src, spec, sel, nsel, save_model, cal);
     free(sel);
     cli_matrices_close(&src);
     return rc;
@@ -254,7 +294,7 @@ static int check_model_dir(const char *dir, bool force) {
 // Options; names has room for every argument.
 static int fit_args(int argc, char **argv, const char **names) {
     cli_common c = {.seed = 24301};
-    const char *path = NULL, *spec = NULL, *save_model = NULL;
+    const char *path = NULL, *spec = NULL, *save_model = NULL, *calib = NULL;
     int nnames = 0;
     bool all = false;
     for (int i = 1; i < argc; i++) {
@@ -273,6 +313,8 @@ static int fit_args(int argc, char **argv, const char **names) {
             all = true;
         } else if (strcmp(argv[i], "--save-model") == 0) {
             if (!(save_model = cli_value(argc, argv, &i))) return 2;
+        } else if (strcmp(argv[i], "--calib") == 0) {
+            if (!(calib = cli_value(argc, argv, &i))) return 2;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "structmat fit: unknown option %s\n", argv[i]);
             return 2;
@@ -302,7 +344,11 @@ static int fit_args(int argc, char **argv, const char **names) {
     sm_spec *parsed;
     if (sm_spec_parse(spec, &parsed) != SM_OK) return cli_fail("fit", NULL);
     sm_spec_free(parsed);
-    return fit_checkpoint(&c, path, spec, names, nnames, all, save_model);
+    sm_calib *cal = NULL;
+    if (calib && sm_calib_open(calib, &cal) != SM_OK) return cli_fail("fit", "--calib");
+    int rc = fit_checkpoint(&c, path, spec, names, nnames, all, save_model, cal);
+    sm_calib_free(cal);
+    return rc;
 }
 
 int cmd_fit(int argc, char **argv) {
