@@ -63,6 +63,19 @@ sm_status sm_atomic_open(sm_atomic_file *a, const char *path, bool force);
 sm_status sm_atomic_commit(sm_atomic_file *a); // closes; on failure the temp file is removed
 void sm_atomic_abort(sm_atomic_file *a);       // removes the temp file
 
+// Atomic directory output (a checkpoint of several files): the caller writes its files into
+// tmp, a new sibling directory "PATH.tmp-XXXXXX"; commit fsyncs them and tmp, then renames tmp
+// into place. An existing PATH (SM_ERR_EXISTS unless force; it must be a directory) is swapped
+// with tmp in one step (renameat2 RENAME_EXCHANGE) and then removed, so PATH is at every moment
+// the old directory or the new one. A process killed after the swap leaves the old directory
+// behind as PATH.tmp-XXXXXX; one killed before leaves the unfinished new one there.
+typedef struct sm_atomic_dir {
+    char *path, *tmp;
+} sm_atomic_dir;
+sm_status sm_atomic_dir_open(sm_atomic_dir *d, const char *path, bool force);
+sm_status sm_atomic_dir_commit(sm_atomic_dir *d); // on failure tmp is removed, PATH unchanged
+void sm_atomic_dir_abort(sm_atomic_dir *d);       // removes tmp and what was written there
+
 // Whole-file read (for small text files such as config.json); NUL-terminated.
 sm_status sm_read_file(const char *path, char **data, size_t *size, size_t max_size);
 

@@ -1,8 +1,10 @@
 #include "base.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -81,6 +83,97 @@ void sm_atomic_abort(sm_atomic_file *a) {
     free(a->tmp);
     free(a->path);
     memset(a, 0, sizeof *a);
+}
+
+// --- directories ----------------------------------------------------------------------------------
+
+// Removes dir and the plain files in it (what the writers put there; nothing deeper).
+static void remove_flat_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d) {
+        for (struct dirent *e; (e = readdir(d)) != NULL;) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            unlinkat(dirfd(d), e->d_name, 0);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+sm_status sm_atomic_dir_open(sm_atomic_dir *d, const char *path, bool force) {
+    memset(d, 0, sizeof *d);
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode))
+            return sm_fail(SM_ERR_IO, "%s: exists and is not a directory", path);
+        if (!force) return sm_fail(SM_ERR_EXISTS, "%s: exists (use --force to replace it)", path);
+    }
+    size_t n = strlen(path) + 16;
+    d->path = dup_str(path);
+    d->tmp = malloc(n);
+    if (!d->path || !d->tmp) {
+        sm_atomic_dir_abort(d);
+        return sm_fail(SM_ERR_ALLOC, "%s: out of memory", path);
+    }
+    snprintf(d->tmp, n, "%s.tmp-XXXXXX", path);
+    if (!mkdtemp(d->tmp)) {
+        sm_status s = sm_fail(SM_ERR_IO, "%s: cannot create a temporary directory: %s", path,
+                              strerror(errno));
+        free(d->tmp);
+        d->tmp = NULL;
+        sm_atomic_dir_abort(d);
+        return s;
+    }
+    chmod(d->tmp, 0755);
+    return SM_OK;
+}
+
+// fsync of every plain file in dir, then of dir itself.
+static sm_status sync_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return sm_fail(SM_ERR_IO, "%s: %s", dir, strerror(errno));
+    sm_status s = SM_OK;
+    for (struct dirent *e; (e = readdir(d)) != NULL && s == SM_OK;) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0)
+            s = sm_fail(SM_ERR_IO, "%s/%s: fsync failed: %s", dir, e->d_name, strerror(errno));
+        if (fd >= 0) close(fd);
+    }
+    if (s == SM_OK && fsync(dirfd(d)) != 0)
+        s = sm_fail(SM_ERR_IO, "%s: fsync failed: %s", dir, strerror(errno));
+    closedir(d);
+    return s;
+}
+
+sm_status sm_atomic_dir_commit(sm_atomic_dir *d) {
+    sm_status s = sync_dir(d->tmp);
+    struct stat sb;
+    bool exists = s == SM_OK && lstat(d->path, &sb) == 0;
+    if (s == SM_OK && !exists && rename(d->tmp, d->path) != 0)
+        s = sm_fail(SM_ERR_IO, "%s: rename failed: %s", d->path, strerror(errno));
+    if (s == SM_OK && exists) {
+        // One step: the old directory takes the temporary name, the new one the path.
+        if (renameat2(AT_FDCWD, d->tmp, AT_FDCWD, d->path, RENAME_EXCHANGE) != 0)
+            s = sm_fail(SM_ERR_IO, "%s: exchanging it with the new directory failed: %s",
+                        d->path, strerror(errno));
+    }
+    if (s == SM_OK) {
+        fsync_dir_of(d->path);
+        if (!exists) { // nothing left at tmp
+            free(d->tmp);
+            d->tmp = NULL;
+        }
+    }
+    sm_atomic_dir_abort(d); // removes tmp: the unfinished new directory, or the old one
+    return s;
+}
+
+void sm_atomic_dir_abort(sm_atomic_dir *d) {
+    if (d->tmp) remove_flat_dir(d->tmp);
+    free(d->tmp);
+    free(d->path);
+    memset(d, 0, sizeof *d);
 }
 
 sm_status sm_read_file(const char *path, char **data, size_t *size, size_t max_size) {
