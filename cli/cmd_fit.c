@@ -1,5 +1,5 @@
 // structmat fit PATH (--tensor NAME... | --all) --spec SPEC [--calib STATS] [--json] [-o FILE]
-//               [--save-model DIR]
+//               [--save-model DIR] [--allow-nonfinite]
 #include "cli.h"
 
 #include <math.h>
@@ -29,6 +29,10 @@ static void usage(FILE *f) {
             "  --calib STATS     activation-aware: fit each matrix to ||X (W - W_hat)^T||_F with\n"
             "                    its input statistics from `structmat calibrate`, and report\n"
             "                    act_rel_error = sqrt(tr(dW H dW^T) / tr(W H W^T)), H = X^T X\n"
+            "  --allow-nonfinite fit matrices holding NaN or Inf with those values replaced by\n"
+            "                    0 (a warning gives the count and the first); rel_error is then\n"
+            "                    measured against the replaced matrix. Without it such a matrix\n"
+            "                    is refused, naming it and its first non-finite value\n"
             "  --force           replace FILE or DIR's checkpoint if it exists\n"
             "  --json            one JSON object per tensor per line, then {\"summary\": {...}};\n"
             "                    keys: tensor, spec, shape, rel_error, params, bytes, bpw, macs,\n"
@@ -46,6 +50,25 @@ static void usage(FILE *f) {
             "      -o s.calib\n"
             "  structmat fit models/shakespeare-llama-3m --all --spec lowrank:ratio=0.5 \\\n"
             "      --calib s.calib\n");
+}
+
+// --allow-nonfinite: NaN and +-Inf in the matrices are fitted as 0.
+static bool g_allow_nonfinite;
+
+// Replaces the non-finite values of W (m, n) by 0 and says so on stderr.
+static void zero_nonfinite(const char *name, float *W, int64_t m, int64_t n) {
+    int64_t count = 0, first = -1;
+    for (int64_t i = 0; i < m * n; i++)
+        if (!isfinite(W[i])) {
+            if (first < 0) first = i;
+            count++;
+            W[i] = 0.0f;
+        }
+    if (count)
+        fprintf(stderr,
+                "structmat fit: warning: %s: %lld non-finite values replaced by 0 (the first at "
+                "row %lld, column %lld; --allow-nonfinite)\n",
+                name, (long long)count, (long long)(first / n), (long long)(first % n));
 }
 
 static double rel_error(const float *W, const float *D, int64_t n) {
@@ -95,6 +118,7 @@ static int fit_list(const cli_common *cp, const cli_matrices *src, const char *s
             free(W);
             break;
         }
+        if (g_allow_nonfinite) zero_nonfinite(t->name, W, m, n);
         sm_stats stats;
         if (cal && sm_calib_get(cal, t->name, n, &stats) != SM_OK) {
             sm_progress_end(&pr);
@@ -315,6 +339,8 @@ static int fit_args(int argc, char **argv, const char **names) {
             if (!(save_model = cli_value(argc, argv, &i))) return 2;
         } else if (strcmp(argv[i], "--calib") == 0) {
             if (!(calib = cli_value(argc, argv, &i))) return 2;
+        } else if (strcmp(argv[i], "--allow-nonfinite") == 0) {
+            g_allow_nonfinite = true;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "structmat fit: unknown option %s\n", argv[i]);
             return 2;
