@@ -12,6 +12,7 @@
 #include "structmat_model.h"
 #include "testutil.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MODEL "models/shakespeare-llama-3m"
@@ -522,7 +523,60 @@ static void test_other_model(const char *dir) {
     sm_model_free(o);
 }
 
-int main(void) {
+// --- allocation failures -----------------------------------------------------------------------
+
+// Child: collect, save, open, get and measure on stories260K with the k-th library allocation and
+// all later ones failing (STRUCTMAT_FAIL_ALLOC_AFTER). Exit 0 on a clean SM_ERR_ALLOC, 2 when
+// every step succeeded (k is past the last allocation), 1 otherwise.
+static int alloc_child(const char *dir) {
+    sm_model *m = NULL;
+    sm_calib *cal = NULL, *rd = NULL;
+    char path[512];
+    snprintf(path, sizeof path, "%s/alloc.safetensors", dir);
+    int32_t ids[8] = {1, 300, 301, 302, 40, 41, 42, 43};
+    float W[64 * 64] = {0}, Wh[64 * 64] = {0};
+    double rel;
+    sm_stats s;
+    sm_status st = sm_model_load("models/stories260K.bin", &m);
+    if (st == SM_OK) st = sm_calib_init(m, 8, &cal);
+    if (st == SM_OK) st = sm_calib_run(cal, ids, 8);
+    if (st == SM_OK) st = sm_calib_save(cal, path, NULL, true);
+    if (st == SM_OK) st = sm_calib_open(path, &rd);
+    if (st == SM_OK) st = sm_calib_get(rd, "model.layers.1.mlp.up_proj.weight", 64, &s);
+    if (st == SM_OK) st = sm_act_rel_error(W, Wh, 64, 64, s.gram, &rel);
+    sm_calib_free(rd);
+    sm_calib_free(cal);
+    sm_model_free(m);
+    if (st == SM_OK) return 2;
+    if (st == SM_ERR_ALLOC && strstr(sm_last_error(), "out of memory")) return 0;
+    fprintf(stderr, "%s: %s\n", sm_status_str(st), sm_last_error());
+    return 1;
+}
+
+static void test_alloc_failures(const char *dir) {
+    int k = 1, status = 0;
+    for (; k <= 1000; k++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            char v[16];
+            snprintf(v, sizeof v, "%d", k);
+            setenv("STRUCTMAT_FAIL_ALLOC_AFTER", v, 1);
+            execl("/proc/self/exe", "test_calibrate", "--alloc-child", dir, (char *)NULL);
+            _exit(127);
+        }
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) break;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 2 || k == 1) {
+        fprintf(stderr, "allocation %d failing: child status %d (signal %d)\n", k,
+                WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        g_failures++;
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--alloc-child")) return alloc_child(argv[2]);
     char dir[] = "/tmp/test_calibrate_XXXXXX";
     if (!mkdtemp(dir)) return 1;
     sm_model *m = NULL;
@@ -535,6 +589,7 @@ int main(void) {
     test_act_rel_error();
     test_bad_files(dir);
     test_other_model(dir);
+    test_alloc_failures(dir);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) g_failures++;
