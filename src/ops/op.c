@@ -318,7 +318,8 @@ static sm_status check_fitted(const sm_op *op, const float *W, int64_t m, int64_
                 st = sm_fail(SM_ERR_NUMERIC,
                              "fit: %s produced a non-finite value (part \"%s\", element %zu): "
                              "float arithmetic overflowed on a %lldx%lld matrix whose largest "
-                             "magnitude is %g (scale it down)",
+                             "magnitude is %g (values near FLT_MAX, or subnormal ones that get "
+                             "inverted, leave float's range: rescale the matrix)",
                              op->spec, p->name, k, (long long)m, (long long)n, (double)big);
             }
         }
