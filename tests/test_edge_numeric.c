@@ -3,9 +3,10 @@
 // from zero singular values), subnormal values (f32 storage keeps them; f16 and q8/q4 store
 // values below F16's range as 0; bf16 rounds them to its grid), magnitudes near FLT_MAX (a fit
 // either succeeds with finite values or is refused with SM_ERR_NUMERIC: never a NaN operator),
-// 1 x 1 matrices, sizes at their limits, and apply writing every output whatever the output and
-// work buffers held before (NaN-filled), with a NaN input row poisoning only its own output row.
-// tests/test_hostile.c has the all-zero, 1 x n / n x 1 and non-finite-input cases.
+// 1 x 1 matrices, sizes at their limits, GPTQ on singular Gram matrices, and apply writing every
+// output whatever the output and work buffers held before (NaN-filled), with a NaN input row
+// poisoning only its own output row. tests/test_hostile.c has the all-zero, 1 x n / n x 1 and
+// non-finite-input cases.
 #include "testutil.h"
 
 #include <float.h>
@@ -288,6 +289,53 @@ static void test_limits(void) {
     }
 }
 
+// --- GPTQ on a singular Gram matrix
+// ---------------------------------------------------------------
+
+// H = x x^T (rank 1) is singular; damping makes it definite: a finite operator. H = 0 cannot be
+// damped (lambda is relative to its diagonal): a clear SM_ERR_NUMERIC, never a NaN operator.
+static void test_gptq_singular(void) {
+    const int64_t m = 4, n = 64;
+    float W[4 * 64], D[4 * 64], x[64];
+    double H[64 * 64];
+    fill_random(W, m * n, 11);
+    fill_random(x, n, 12);
+    for (int kind = 0; kind < 2; kind++) {
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < n; j++) H[i * n + j] = kind ? 0.0 : (double)x[i] * x[j];
+        sm_stats st = {.gram = H, .tokens = 1};
+        sm_fit_opts o = {.seed = 1, .stats = &st};
+        const char *specs[] = {"gptq:bits=4", "gptq:bits=3,actorder", "gptq:bits=2,damp=0"};
+        for (int s = 0; s < 3; s++) {
+            sm_op *op = NULL;
+            sm_status r = sm_op_fit(W, m, n, specs[s], &o, &op);
+            if (r == SM_OK && sm_op_to_dense(op, D) == SM_OK && all_finite(D, m * n)) {
+                // Only X (W - Q)^T counts, here (W - Q) x: GPTQ keeps it below W x (the error
+                // in directions H does not see is unconstrained, so no bound on ||W - Q||).
+                double e = 0, w = 0;
+                for (int64_t i = 0; kind == 0 && i < m; i++) {
+                    double de = 0, dw = 0;
+                    for (int64_t j = 0; j < n; j++) {
+                        de += ((double)W[i * n + j] - D[i * n + j]) * x[j];
+                        dw += (double)W[i * n + j] * x[j];
+                    }
+                    e += de * de, w += dw * dw;
+                }
+                if (kind == 0 && !(sqrt(e / w) < 0.5)) {
+                    fprintf(stderr, "%s, rank-1 Gram: activation error %g\n", specs[s],
+                            sqrt(e / w));
+                    g_failures++;
+                }
+            } else if (r != SM_ERR_NUMERIC || op) {
+                fprintf(stderr, "%s with a %s Gram: %s: %s\n", specs[s], kind ? "zero" : "rank-1",
+                        sm_status_str(r), sm_last_error());
+                g_failures++;
+            }
+            sm_op_free(op);
+        }
+    }
+}
+
 // --- apply writes its outputs
 // ------------------------------------------------------------------------
 
@@ -341,6 +389,7 @@ int main(void) {
     test_huge();
     test_one_by_one();
     test_limits();
+    test_gptq_singular();
     test_apply_overwrites();
     TEST_END();
 }
