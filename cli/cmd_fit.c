@@ -2,6 +2,8 @@
 //               [--save-model DIR] [--allow-nonfinite]
 #include "cli.h"
 
+#include <dirent.h>
+#include <libgen.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,32 +288,49 @@ static int fit_checkpoint(const cli_common *c, const char *path, const char *spe
     return rc;
 }
 
-// Refuses a --save-model directory that cannot be written at the end: prints and returns 1.
+// Refuses a --save-model directory that cannot be written at the end (the rules of
+// sm_model_save, checked before fitting): prints and returns 1.
 static int check_model_dir(const char *dir, bool force) {
     struct stat sb;
     if (!*dir) {
         fprintf(stderr, "structmat fit: the --save-model path is empty\n");
         return 1;
     }
-    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+    if (stat(dir, &sb) != 0) return cli_check_output("fit", dir, false); // its parent
+    if (!S_ISDIR(sb.st_mode)) {
         fprintf(stderr, "structmat fit: --save-model %s: exists and is not a directory\n", dir);
         return 1;
     }
-    if (stat(dir, &sb) != 0) return cli_check_output("fit", dir, false); // its parent
-    char *cfg = NULL, *st = NULL;
-    int rc = 0;
-    if (asprintf(&cfg, "%s/config.json", dir) < 0 || asprintf(&st, "%s/model.safetensors", dir) < 0)
-        rc = cli_fail("fit", "out of memory");
-    else if (!force && (stat(cfg, &sb) == 0 || stat(st, &sb) == 0)) {
-        fprintf(stderr, "structmat fit: --save-model %s: holds a checkpoint already (use --force "
-                        "to replace it)\n",
+    if (!force) {
+        fprintf(stderr, "structmat fit: --save-model %s: exists (use --force to replace it)\n",
                 dir);
-        rc = 1;
-    } else if (access(dir, W_OK) != 0) {
-        fprintf(stderr, "structmat fit: --save-model %s: cannot write there\n", dir);
+        return 1;
+    }
+    // Replaced as a whole, so only a checkpoint (config.json) or an empty directory.
+    char *cfg = NULL, *copy = strdup(dir);
+    int rc = 0;
+    if (asprintf(&cfg, "%s/config.json", dir) < 0) cfg = NULL;
+    if (!cfg || !copy) {
+        rc = cli_fail("fit", "out of memory");
+    } else if (stat(cfg, &sb) != 0) {
+        DIR *d = opendir(dir);
+        int entries = 0;
+        for (struct dirent *e; d && (e = readdir(d)) != NULL;)
+            entries += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+        if (d) closedir(d);
+        if (!d || entries) {
+            fprintf(stderr,
+                    "structmat fit: --save-model %s: a directory that holds no checkpoint (no "
+                    "config.json): not replaced\n",
+                    dir);
+            rc = 1;
+        }
+    }
+    if (!rc && access(dirname(copy), W_OK) != 0) {
+        fprintf(stderr, "structmat fit: --save-model %s: cannot write next to it\n", dir);
         rc = 1;
     }
-    free(cfg), free(st);
+    free(cfg), free(copy);
     return rc;
 }
 

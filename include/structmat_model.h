@@ -266,11 +266,14 @@ void sm_kld_base_free(sm_kld_base *b);
 
 // The token embedding table (vocab, dim) as the model holds it, in *dtype (F32, F16 or BF16).
 const void *sm_model_embedding(const sm_model *m, sm_dtype *dtype);
-// Writes m as a Hugging Face directory dir (created when absent) that sm_model_load reads back:
-// config.json (with a "structmat" object: the format version) and model.safetensors, where plain
-// dense layers (f32, f16, bf16) and the embedding are ordinary tensors, every other operator its
-// structmat parts and metadata, norms and biases F32. Existing files are refused (SM_ERR_EXISTS)
-// unless force. Interleaved-RoPE models (llama2.c) are refused: config.json cannot say so.
+// Writes m as a Hugging Face directory dir that sm_model_load reads back: config.json (with a
+// "structmat" object: the format version) and model.safetensors, where plain dense layers (f32,
+// f16, bf16) and the embedding are ordinary tensors, every other operator its structmat parts
+// and metadata, norms and biases F32. The directory is written as a whole (a temporary sibling
+// renamed into place), so it is absent, the old one or the complete new one at every moment. An
+// existing dir is refused (SM_ERR_EXISTS) unless force, and even then unless it holds a
+// checkpoint (config.json) or nothing; it is replaced entirely (other files in it go too).
+// Interleaved-RoPE models (llama2.c) are refused: config.json cannot say so.
 sm_status sm_model_save(const sm_model *m, const char *dir, bool force);
 
 // --- calibration statistics ------------------------------------------------------------------

@@ -105,6 +105,15 @@ expect "nll_base" "$(get nll_base "$tmp/q4.json")" "$(get nll "$tmp/half.json")"
 awk -v s="$(get kld_stderr "$tmp/q4.json")" -v k="$(get kld_mean "$tmp/q4.json")" 'BEGIN { exit !(s > 0 && s < k) }' ||
     { echo "FAIL: kld_stderr"; fail=1; }
 
+# --save-model: an existing checkpoint is replaced only with --force, a directory holding
+# something else never; the directory appears whole (no temporary sibling left).
+refuse "--save-model over a checkpoint" "exists (use --force" "$bin" fit $model --all --spec dense:dtype=q4 --save-model "$tmp/q4"
+"$bin" fit $model --all --spec dense:dtype=q4 --save-model "$tmp/q4" --force >/dev/null 2>"$tmp/err" ||
+    { echo "FAIL: --save-model --force"; cat "$tmp/err"; fail=1; }
+mkdir "$tmp/other" && : >"$tmp/other/keep"
+refuse "--save-model over another directory" "holds no checkpoint" "$bin" fit $model --all --spec dense --save-model "$tmp/other" --force
+[ -e "$tmp/other/keep" ] || { echo "FAIL: a directory that is not a checkpoint was replaced"; fail=1; }
+
 # Errors name the problem.
 cp "$tmp/base.kld" "$tmp/before.kld"
 refuse "base exists" "exists" "$bin" eval $model -f "$tmp/val.txt" -c 256 --chunks 8 --kl-divergence-base "$tmp/base.kld"

@@ -406,9 +406,23 @@ static void test_save(void) {
     // As loaded: every layer plain dense, written as ordinary tensors.
     back = save_and_compare(m, path_in("plain"), ids, n, "saved plain model");
     sm_model_free(back);
-    CHECK_FAIL(sm_model_save(m, path_in("plain"), false), SM_ERR_EXISTS, "holds a checkpoint");
+    CHECK_FAIL(sm_model_save(m, path_in("plain"), false), SM_ERR_EXISTS, "exists");
     CHECK_OK(sm_model_save(m, path_in("plain"), true));
-    CHECK(!temp_left(path_in("plain")));
+    CHECK(!temp_left(g_dir) && !temp_left(path_in("plain")));
+    // force replaces a checkpoint or an empty directory, never one holding something else.
+    const char *other = path_in("other");
+    mkdir(other, 0755);
+    CHECK_FAIL(sm_model_save(m, other, false), SM_ERR_EXISTS, "exists");
+    char keep[300];
+    snprintf(keep, sizeof keep, "%s/keep.txt", other);
+    FILE *kf = fopen(keep, "w");
+    if (kf) fclose(kf);
+    CHECK_FAIL(sm_model_save(m, other, true), SM_ERR_EXISTS, "holds no checkpoint");
+    struct stat ksb;
+    CHECK(stat(keep, &ksb) == 0);
+    unlink(keep);
+    CHECK_OK(sm_model_save(m, other, true)); // empty now
+    CHECK(!temp_left(g_dir));
 
     // Quantized and low-rank layers: stored operators, the rest plain.
     sm_model *q = quantized("dense:dtype=q4");

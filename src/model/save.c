@@ -3,6 +3,7 @@
 #include "model.h"
 
 #include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -144,6 +145,20 @@ static sm_status write_config(const sm_model *m, const char *path, bool force) {
     return s;
 }
 
+// Whether dir may be replaced with force: a checkpoint (it has a config.json) or empty. Any
+// other directory ("--save-model ~ --force") is not ours to delete.
+static bool replaceable(const char *dir, const char *cfg) {
+    struct stat sb;
+    if (stat(cfg, &sb) == 0) return true;
+    DIR *d = opendir(dir);
+    if (!d) return false;
+    bool empty = true;
+    for (struct dirent *e; empty && (e = readdir(d)) != NULL;)
+        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    closedir(d);
+    return empty;
+}
+
 sm_status sm_model_save(const sm_model *m, const char *dir, bool force) {
     if (!dir || !*dir) return sm_fail(SM_ERR_ARG, "save: no directory given");
     if (m->info.rope_layout != SM_ROPE_HALF)
@@ -152,18 +167,24 @@ sm_status sm_model_save(const sm_model *m, const char *dir, bool force) {
                        "cannot express",
                        dir);
     struct stat sb;
-    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode))
-        return sm_fail(SM_ERR_IO, "%s: exists and is not a directory", dir);
     char *cfg = NULL, *st = NULL;
     if (asprintf(&cfg, "%s/config.json", dir) < 0) cfg = NULL;
-    if (asprintf(&st, "%s/model.safetensors", dir) < 0) st = NULL;
-    sm_status s = cfg && st ? SM_OK : sm_fail(SM_ERR_ALLOC, "out of memory");
-    // Refused before anything is written: no half-replaced checkpoint.
-    if (s == SM_OK && !force && (stat(cfg, &sb) == 0 || stat(st, &sb) == 0))
-        s = sm_fail(SM_ERR_EXISTS, "%s: holds a checkpoint already (use --force to replace it)",
+    sm_status s = cfg ? SM_OK : sm_fail(SM_ERR_ALLOC, "out of memory");
+    if (s == SM_OK && force && stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) &&
+        !replaceable(dir, cfg))
+        s = sm_fail(SM_ERR_EXISTS,
+                    "%s: a directory that holds no checkpoint (no config.json): not replaced",
                     dir);
-    if (s == SM_OK && mkdir(dir, 0755) != 0 && errno != EEXIST)
-        s = sm_fail(SM_ERR_IO, "%s: cannot create the directory: %s", dir, strerror(errno));
+    free(cfg);
+    cfg = NULL;
+    // Written into a temporary sibling directory renamed into place at the end: DIR is at every
+    // moment absent, the old directory or the complete new one.
+    sm_atomic_dir ad = {0};
+    if (s == SM_OK) s = sm_atomic_dir_open(&ad, dir, force);
+    if (s != SM_OK) return s;
+    if (asprintf(&cfg, "%s/config.json", ad.tmp) < 0) cfg = NULL;
+    if (asprintf(&st, "%s/model.safetensors", ad.tmp) < 0) st = NULL;
+    if (!cfg || !st) s = sm_fail(SM_ERR_ALLOC, "out of memory");
     saver sv = {.w = sm_st_writer_init(), .parts = calloc((size_t)m->info.n_linear,
                                                           sizeof *sv.parts)};
     if (s == SM_OK && (!sv.w || !sv.parts)) s = sm_fail(SM_ERR_ALLOC, "out of memory");
@@ -171,8 +192,12 @@ sm_status sm_model_save(const sm_model *m, const char *dir, bool force) {
     char ver[16];
     snprintf(ver, sizeof ver, "%d", SM_FORMAT_VERSION);
     if (s == SM_OK && sv.nops) s = sm_st_writer_meta(sv.w, "structmat.format_version", ver);
-    if (s == SM_OK) s = sm_st_writer_write(sv.w, st, force);
-    if (s == SM_OK) s = write_config(m, cfg, force);
+    if (s == SM_OK) s = sm_st_writer_write(sv.w, st, false);
+    if (s == SM_OK) s = write_config(m, cfg, false);
+    if (s == SM_OK)
+        s = sm_atomic_dir_commit(&ad); // on failure it removes the temporary directory
+    else
+        sm_atomic_dir_abort(&ad);
     for (int64_t i = 0; sv.parts && i < m->info.n_linear; i++) free(sv.parts[i]);
     free(sv.parts);
     sm_st_writer_free(sv.w);
