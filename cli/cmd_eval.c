@@ -49,7 +49,8 @@ static void usage(FILE *f) {
         "  --seed S                accepted for uniformity; eval is deterministic\n\n"
         "examples:\n"
         "  structmat eval models/shakespeare-llama-3m -f val.txt -c 256\n"
-        "  structmat eval models/shakespeare-llama-3m -f val.txt -c 256 --kl-divergence-base b.kld\n"
+        "  structmat eval models/shakespeare-llama-3m -f val.txt -c 256 --kl-divergence-base "
+        "b.kld\n"
         "  structmat eval q4-model --kl-divergence-base b.kld --kl-divergence --json\n");
 }
 
@@ -126,8 +127,7 @@ static int read_tokens(const eval_opts *o, const sm_model_info *info, const sm_t
     if (!tok) return cli_fail("eval", "-f needs the model's tokenizer");
     char *text = NULL;
     size_t len;
-    if (sm_read_file(o->text, &text, &len, (size_t)1 << 31) != SM_OK)
-        return cli_fail("eval", NULL);
+    if (sm_read_file(o->text, &text, &len, (size_t)1 << 31) != SM_OK) return cli_fail("eval", NULL);
     if (len == 0) {
         fprintf(stderr, "structmat eval: %s: the text is empty\n", o->text);
         free(text);
@@ -172,10 +172,10 @@ typedef struct run {
     sm_kld_base *base; // writing (save) or reading (compare)
     int32_t *stream;   // (n_stream) the text's tokens
     int64_t n_stream;
-    int32_t *chunks;   // (n_chunks, N) as evaluated
-    float *logp;       // (N, vocab)
-    float *base_logp;  // (N - 1 - first, vocab) when comparing
-    double *klds;      // (n_chunks * rows) when comparing
+    int32_t *chunks;  // (n_chunks, N) as evaluated
+    float *logp;      // (N, vocab)
+    float *base_logp; // (N - 1 - first, vocab) when comparing
+    double *klds;     // (n_chunks * rows) when comparing
 } run;
 
 static void run_free(run *r) {
@@ -231,8 +231,9 @@ static int make_plan(const eval_opts *o, run *r, plan *p) {
         }
         p->N = bi.n_ctx, p->first = bi.first, p->bos = bi.bos;
         if (p->N > f->max_seq_len) {
-            fprintf(stderr, "structmat eval: %s has chunks of %lld tokens, more than the model's "
-                            "context of %lld\n",
+            fprintf(stderr,
+                    "structmat eval: %s has chunks of %lld tokens, more than the model's "
+                    "context of %lld\n",
                     o->base, (long long)p->N, (long long)f->max_seq_len);
             return 1;
         }
@@ -272,7 +273,8 @@ static int make_plan(const eval_opts *o, run *r, plan *p) {
     r->chunks = malloc(sizeof(int32_t) * (size_t)(p->n_chunks * p->N));
     if (!r->chunks) return cli_fail("eval", "out of memory");
     if (compare) {
-        memcpy(r->chunks, sm_kld_base_tokens(r->base), sizeof(int32_t) * (size_t)(p->n_chunks * p->N));
+        memcpy(r->chunks, sm_kld_base_tokens(r->base),
+               sizeof(int32_t) * (size_t)(p->n_chunks * p->N));
     } else {
         for (int64_t i = 0; i < p->n_chunks; i++) {
             memcpy(r->chunks + i * p->N, r->stream + i * p->N, sizeof(int32_t) * (size_t)p->N);
@@ -303,8 +305,8 @@ static int make_plan(const eval_opts *o, run *r, plan *p) {
     return 0;
 }
 
-static void print_summary(const eval_opts *o, const run *r, const plan *p,
-                          const sm_eval_summary *s, int64_t bytes, double secs) {
+static void print_summary(const eval_opts *o, const run *r, const plan *p, const sm_eval_summary *s,
+                          int64_t bytes, double secs) {
     int64_t toks = p->n_chunks * p->N;
     double bpb = bytes > 0 ? s->nll * (double)s->count / log(2.0) / (double)bytes : NAN;
     double tps = secs > 0 ? (double)toks / secs : NAN;

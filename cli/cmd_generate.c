@@ -93,9 +93,10 @@ static int parse_ids(const char *list, int64_t vocab, int32_t **ids, int64_t *n)
             return 1;
         }
         if (v >= vocab) {
-            fprintf(stderr,
-                    "structmat generate: --ids: token id %lld is outside the vocabulary (0..%lld)\n",
-                    v, (long long)vocab - 1);
+            fprintf(
+                stderr,
+                "structmat generate: --ids: token id %lld is outside the vocabulary (0..%lld)\n", v,
+                (long long)vocab - 1);
             free(out);
             return 1;
         }
@@ -203,8 +204,7 @@ static int read_prompt(const gen_opts *o, gen_state *g) {
 }
 
 static void print_json(const gen_opts *o, const gen_state *g, int64_t n_out, const char *stop,
-                       const int32_t *top, int64_t k, double lse, double pre_tps,
-                       double dec_tps) {
+                       const int32_t *top, int64_t k, double lse, double pre_tps, double dec_tps) {
     printf("{\"model\":");
     cli_json_str(stdout, o->model);
     printf(",\"prompt_tokens\":%lld,\"tokens\":[", (long long)g->n_prompt);
@@ -268,8 +268,8 @@ static int generate(const gen_opts *o) {
                 (long long)o->n_probs, (long long)g.info.vocab_size);
         rc = 1;
     }
-    sm_sampler_params sp = {.temperature = (float)o->temp, .top_p = (float)o->top_p,
-                            .seed = o->c.seed};
+    sm_sampler_params sp = {
+        .temperature = (float)o->temp, .top_p = (float)o->top_p, .seed = o->c.seed};
     if (!rc && sm_sampler_init(&sp, g.info.vocab_size, &g.smp) != SM_OK)
         rc = cli_fail("generate", NULL);
     int64_t room = n_ctx - g.n_prompt, max_new = o->n < 0 ? room : o->n < room ? o->n : room;
@@ -297,9 +297,8 @@ static int generate(const gen_opts *o) {
                 (long long)o->n_probs);
         for (int64_t i = 0; i < o->n_probs; i++) {
             size_t len = 0;
-            const char *piece = g.tok ? sm_tokenizer_decode(g.tok, g.prompt[g.n_prompt - 1],
-                                                            topk[i], &len)
-                                      : "";
+            const char *piece =
+                g.tok ? sm_tokenizer_decode(g.tok, g.prompt[g.n_prompt - 1], topk[i], &len) : "";
             fprintf(stderr, "  %6d %10.6f  \"", (int)topk[i], (double)g.logits[topk[i]] - lse);
             for (size_t j = 0; j < len; j++)
                 fprintf(stderr, (unsigned char)piece[j] < 0x20 ? "\\x%02x" : "%c",
@@ -343,8 +342,9 @@ static int generate(const gen_opts *o) {
     if (!rc && !o->c.json && (print_ids || isatty(1))) printf("\n");
     double pre_tps = pre_s > 0 ? (double)g.n_prompt / pre_s : NAN;
     double dec_tps = dec_s > 0 ? (double)n_dec / dec_s : NAN;
-    fprintf(stderr, "generate: stop: %s; prefill %lld tokens in %.4f s (%.1f tokens/s); decode %lld "
-                    "tokens in %.4f s (%.1f tokens/s)\n",
+    fprintf(stderr,
+            "generate: stop: %s; prefill %lld tokens in %.4f s (%.1f tokens/s); decode %lld "
+            "tokens in %.4f s (%.1f tokens/s)\n",
             stop, (long long)g.n_prompt, pre_s, pre_tps, (long long)n_dec, dec_s, dec_tps);
     if (!rc && o->c.json)
         print_json(o, &g, n_out, stop, topk, topk ? o->n_probs : 0, lse, pre_tps, dec_tps);
@@ -416,8 +416,9 @@ int cmd_generate(int argc, char **argv) {
     }
     int sources = !!o.prompt + !!o.prompt_file + !!o.ids;
     if (sources != 1) {
-        fprintf(stderr, "structmat generate: give exactly one of --prompt, --prompt-file and --ids "
-                        "(%s)\n",
+        fprintf(stderr,
+                "structmat generate: give exactly one of --prompt, --prompt-file and --ids "
+                "(%s)\n",
                 sources ? "not several" : "none given");
         return 2;
     }

@@ -56,8 +56,7 @@ static int list_st(cli_matrices *ms) {
         char *key = NULL;
         long long r = 0, c = 0;
         const char *shape = NULL;
-        if (asprintf(&key, "structmat.shape.%s", k + strlen(pre)) >= 0)
-            shape = sm_st_meta(st, key);
+        if (asprintf(&key, "structmat.shape.%s", k + strlen(pre)) >= 0) shape = sm_st_meta(st, key);
         free(key);
         if (!shape || sscanf(shape, "%lld,%lld", &r, &c) != 2) r = c = 0;
         const char *name = k + strlen(pre);
@@ -71,8 +70,8 @@ static int list_st(cli_matrices *ms) {
     for (int i = 0; i < sm_st_count(st); i++) {
         const sm_tensor_info *t = sm_st_get(st, i);
         if (t->ndim == 2 && !is_part_of_op(t->name, ops, nops))
-            ms->items[n++] = (cli_matrix){t->name,     t->dtype_name, t->shape[0], t->shape[1],
-                                          false,       is_embedding(t->name), -1};
+            ms->items[n++] = (cli_matrix){t->name, t->dtype_name,         t->shape[0], t->shape[1],
+                                          false,   is_embedding(t->name), -1};
     }
     free(ops);
     return n;
@@ -98,19 +97,24 @@ static int list_model(cli_matrices *ms) {
     if (f.tied) {
         const sm_op *head = sm_model_linear(ms->model, f.n_linear - 1);
         const char *kind = kind_of(head, &is_op);
-        ms->items[n++] = (cli_matrix){"model.embed_tokens.weight", kind, f.vocab_size, f.dim,
-                                      is_op, true, f.n_linear - 1};
+        ms->items[n++] = (cli_matrix){
+            "model.embed_tokens.weight", kind, f.vocab_size, f.dim, is_op, true, f.n_linear - 1};
     } else {
         sm_dtype dt;
         sm_model_embedding(ms->model, &dt);
-        ms->items[n++] = (cli_matrix){"model.embed_tokens.weight", sm_dtype_name(dt),
-                                      f.vocab_size, f.dim, false, true, -1};
+        ms->items[n++] = (cli_matrix){
+            "model.embed_tokens.weight", sm_dtype_name(dt), f.vocab_size, f.dim, false, true, -1};
     }
     for (int64_t i = 0; i < f.n_linear - (f.tied ? 1 : 0); i++) {
         const sm_op *op = sm_model_linear(ms->model, i);
         const char *kind = kind_of(op, &is_op);
-        ms->items[n++] = (cli_matrix){sm_model_linear_name(ms->model, i), kind, sm_op_rows(op),
-                                      sm_op_cols(op), is_op, false, i};
+        ms->items[n++] = (cli_matrix){sm_model_linear_name(ms->model, i),
+                                      kind,
+                                      sm_op_rows(op),
+                                      sm_op_cols(op),
+                                      is_op,
+                                      false,
+                                      i};
     }
     return n;
 }

@@ -74,10 +74,10 @@ static void test_closed_forms(void) {
     sm_eval_stats s = {0};
     double k = sm_eval_add(&s, q, p, 3, 2);
     CHECK(fabs(k - log(2.0) / 4) < 1e-7);
-    CHECK(fabs(s.nll - log(4.0)) < 1e-6);          // -ln q(2)
-    CHECK(fabs(s.nll_base - log(4.0)) < 1e-6);     // -ln p(2)
-    CHECK(s.top1_same == 0 && s.kld_count == 1);   // argmax 0 vs 1
-    CHECK(sm_eval_add(&s, p, p, 3, 0) == 0.0);     // identical rows: exactly 0
+    CHECK(fabs(s.nll - log(4.0)) < 1e-6);        // -ln q(2)
+    CHECK(fabs(s.nll_base - log(4.0)) < 1e-6);   // -ln p(2)
+    CHECK(s.top1_same == 0 && s.kld_count == 1); // argmax 0 vs 1
+    CHECK(sm_eval_add(&s, p, p, 3, 0) == 0.0);   // identical rows: exactly 0
     CHECK(s.top1_same == 1 && s.count == 2);
     // The direction: KLD(a || b) and KLD(b || a) for a = (0.9, 0.1), b = (0.5, 0.5).
     float a[2] = {logf(0.9f), logf(0.1f)}, b[2] = {logf(0.5f), logf(0.5f)};
@@ -337,7 +337,8 @@ static void test_base_file(void) {
     CHECK_FAIL(sm_kld_base_open(path_in("none.kld"), &r), SM_ERR_IO, "none.kld");
 }
 
-// --- saving -----------------------------------------------------------------------------------------
+// --- saving
+// -----------------------------------------------------------------------------------------
 
 // The logits (n, V) of ids under m.
 static void logits_of(const sm_model *m, const int32_t *ids, int n, float *out) {

@@ -71,7 +71,8 @@ void sm_eval_summarize(const sm_eval_stats *s, sm_eval_summary *o) {
     o->top1 = (double)s->top1_same / k;
 }
 
-// --- the base file ---------------------------------------------------------------------------------
+// --- the base file
+// ---------------------------------------------------------------------------------
 //
 // Little-endian: a 64-byte header, the tokens int32 (n_chunks, n_ctx), then per chunk the F32
 // log-probabilities (n_ctx - 1 - first, vocab) of its scored positions.
@@ -92,11 +93,11 @@ _Static_assert(sizeof(kld_header) == 64, "the header of a KL-divergence base fil
 
 struct sm_kld_base {
     sm_kld_base_info info;
-    int32_t *tokens;   // (n_chunks, n_ctx)
-    int64_t rows;      // n_ctx - 1 - first per chunk
-    int64_t written;   // chunks appended so far (writing)
+    int32_t *tokens;    // (n_chunks, n_ctx)
+    int64_t rows;       // n_ctx - 1 - first per chunk
+    int64_t written;    // chunks appended so far (writing)
     sm_atomic_file out; // writing
-    FILE *in;          // reading
+    FILE *in;           // reading
     char *path;
 };
 
@@ -114,11 +115,11 @@ static sm_status check_info(const sm_kld_base_info *i, const char *path) {
                        "first %lld, bos %d",
                        path, (long long)i->vocab, (long long)i->n_ctx, (long long)i->n_chunks,
                        (long long)i->first, (int)i->bos);
-    double bytes = (double)i->n_chunks * ((double)i->n_ctx * 4 +
-                                          (double)rows_of(i) * (double)i->vocab * 4);
+    double bytes =
+        (double)i->n_chunks * ((double)i->n_ctx * 4 + (double)rows_of(i) * (double)i->vocab * 4);
     if (bytes > 0x1p62)
-        return sm_fail(SM_ERR_FORMAT, "%s: a KL-divergence base of %.3g bytes is impossible",
-                       path, bytes);
+        return sm_fail(SM_ERR_FORMAT, "%s: a KL-divergence base of %.3g bytes is impossible", path,
+                       bytes);
     return SM_OK;
 }
 
@@ -152,16 +153,16 @@ static sm_status write_all(sm_kld_base *b, const void *p, size_t bytes) {
     return sm_fail(SM_ERR_IO, "%s: write failed: %s", b->path, strerror(errno));
 }
 
-sm_status sm_kld_base_create(const char *path, const sm_kld_base_info *info,
-                             const int32_t *tokens, bool force, sm_kld_base **out) {
+sm_status sm_kld_base_create(const char *path, const sm_kld_base_info *info, const int32_t *tokens,
+                             bool force, sm_kld_base **out) {
     *out = NULL;
     sm_status s = check_info(info, path);
     if (s != SM_OK) return s;
     int64_t nt = info->n_chunks * info->n_ctx;
     for (int64_t i = 0; i < nt; i++)
         if (tokens[i] < 0 || tokens[i] >= info->vocab)
-            return sm_fail(SM_ERR_ARG, "%s: token %d at index %lld is outside the vocabulary",
-                           path, (int)tokens[i], (long long)i);
+            return sm_fail(SM_ERR_ARG, "%s: token %d at index %lld is outside the vocabulary", path,
+                           (int)tokens[i], (long long)i);
     sm_kld_base *b = base_new(info, path);
     if (!b) return sm_fail(SM_ERR_ALLOC, "%s: out of memory", path);
     memcpy(b->tokens, tokens, sizeof(int32_t) * (size_t)nt);
@@ -202,8 +203,8 @@ sm_status sm_kld_base_commit(sm_kld_base *b) {
     if (!b->out.f)
         s = sm_fail(SM_ERR_ARG, "%s: not open for writing", b->path);
     else if (b->written != b->info.n_chunks)
-        s = sm_fail(SM_ERR_ARG, "%s: %lld of %lld chunks written", b->path,
-                    (long long)b->written, (long long)b->info.n_chunks);
+        s = sm_fail(SM_ERR_ARG, "%s: %lld of %lld chunks written", b->path, (long long)b->written,
+                    (long long)b->info.n_chunks);
     else
         s = sm_atomic_commit(&b->out); // also on failure the temporary file is gone
     sm_kld_base_free(b);
@@ -232,8 +233,8 @@ sm_status sm_kld_base_open(const char *path, sm_kld_base **out) {
         if (fseeko(f, 0, SEEK_END) != 0 || (got = ftello(f)) < 0)
             s = sm_fail(SM_ERR_IO, "%s: %s", path, strerror(errno));
         else if ((long long)got != want)
-            s = sm_fail(SM_ERR_FORMAT, "%s: %lld bytes, the header implies %lld (truncated?)",
-                        path, (long long)got, want);
+            s = sm_fail(SM_ERR_FORMAT, "%s: %lld bytes, the header implies %lld (truncated?)", path,
+                        (long long)got, want);
     }
     sm_kld_base *b = NULL;
     if (s == SM_OK && !(b = base_new(&info, path)))
@@ -278,7 +279,7 @@ sm_status sm_kld_base_read(sm_kld_base *b, int64_t chunk, float *logp) {
         return sm_fail(SM_ERR_IO, "%s: short read in chunk %lld", b->path, (long long)chunk);
     for (size_t i = 0; i < n; i++)
         if (isnan(logp[i]) || logp[i] > 0)
-            return sm_fail(SM_ERR_FORMAT, "%s: chunk %lld holds %g, not a log-probability",
-                           b->path, (long long)chunk, (double)logp[i]);
+            return sm_fail(SM_ERR_FORMAT, "%s: chunk %lld holds %g, not a log-probability", b->path,
+                           (long long)chunk, (double)logp[i]);
     return SM_OK;
 }

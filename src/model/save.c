@@ -104,7 +104,7 @@ static sm_status write_config(const sm_model *m, const char *path, bool force) {
     const sm_model_info *f = &m->info;
     cJSON *c = cJSON_CreateObject(), *arch = cJSON_AddArrayToObject(c, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString(strcmp(f->arch, "qwen2") ? "LlamaForCausalLM"
-                                                                            : "Qwen2ForCausalLM"));
+                                                                           : "Qwen2ForCausalLM"));
     cJSON_AddStringToObject(c, "model_type", f->arch);
     cJSON_AddNumberToObject(c, "hidden_size", (double)f->dim);
     cJSON_AddNumberToObject(c, "intermediate_size", (double)f->hidden_dim);
@@ -170,11 +170,9 @@ sm_status sm_model_save(const sm_model *m, const char *dir, bool force) {
     char *cfg = NULL, *st = NULL;
     if (asprintf(&cfg, "%s/config.json", dir) < 0) cfg = NULL;
     sm_status s = cfg ? SM_OK : sm_fail(SM_ERR_ALLOC, "out of memory");
-    if (s == SM_OK && force && stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) &&
-        !replaceable(dir, cfg))
+    if (s == SM_OK && force && stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) && !replaceable(dir, cfg))
         s = sm_fail(SM_ERR_EXISTS,
-                    "%s: a directory that holds no checkpoint (no config.json): not replaced",
-                    dir);
+                    "%s: a directory that holds no checkpoint (no config.json): not replaced", dir);
     free(cfg);
     cfg = NULL;
     // Written into a temporary sibling directory renamed into place at the end: DIR is at every
@@ -185,8 +183,8 @@ sm_status sm_model_save(const sm_model *m, const char *dir, bool force) {
     if (asprintf(&cfg, "%s/config.json", ad.tmp) < 0) cfg = NULL;
     if (asprintf(&st, "%s/model.safetensors", ad.tmp) < 0) st = NULL;
     if (!cfg || !st) s = sm_fail(SM_ERR_ALLOC, "out of memory");
-    saver sv = {.w = sm_st_writer_init(), .parts = calloc((size_t)m->info.n_linear,
-                                                          sizeof *sv.parts)};
+    saver sv = {.w = sm_st_writer_init(),
+                .parts = calloc((size_t)m->info.n_linear, sizeof *sv.parts)};
     if (s == SM_OK && (!sv.w || !sv.parts)) s = sm_fail(SM_ERR_ALLOC, "out of memory");
     if (s == SM_OK) s = add_tensors(&sv, m);
     char ver[16];
