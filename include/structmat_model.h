@@ -188,7 +188,6 @@ void sm_topk(const float *x, int64_t n, int k, int32_t *ids);
 // log sum_i exp(x_i), in double (so NLL = sm_logsumexp(logits, V) - logits[target]).
 double sm_logsumexp(const float *x, int64_t n);
 
-
 // --- evaluation: perplexity and KL divergence ----------------------------------------------------
 //
 // llama.cpp's llama-perplexity conventions: the token stream is cut into non-overlapping chunks of
@@ -203,12 +202,12 @@ sm_status sm_eval_logprobs(const sm_model *m, sm_context *c, const int32_t *toke
 
 // Running sums over scored positions (zero-initialise, then sm_eval_add per position).
 typedef struct sm_eval_stats {
-    int64_t count;           // positions scored
-    double nll, nll2;        // sums of -ln p(target) and of its square
-    int64_t kld_count;       // positions compared with a base (the others: 0)
+    int64_t count;     // positions scored
+    double nll, nll2;  // sums of -ln p(target) and of its square
+    int64_t kld_count; // positions compared with a base (the others: 0)
     double kld, kld2, kld_max;
-    double nll_base;         // sum of -ln p_base(target)
-    int64_t top1_same;       // positions where both argmaxes (ties to the lowest id) agree
+    double nll_base;   // sum of -ln p_base(target)
+    int64_t top1_same; // positions where both argmaxes (ties to the lowest id) agree
 } sm_eval_stats;
 
 // Adds a position: logp (vocab) the model's log-probabilities, target the true next token, base
@@ -220,14 +219,14 @@ double sm_eval_add(sm_eval_stats *s, const float *logp, const float *base, int64
 
 typedef struct sm_eval_summary {
     int64_t count;
-    double nll;             // mean -ln p(target)
-    double ppl, ppl_err;    // exp(nll); llama-perplexity's +/-: ppl sqrt(var(nll_i) / (count - 1))
+    double nll;          // mean -ln p(target)
+    double ppl, ppl_err; // exp(nll); llama-perplexity's +/-: ppl sqrt(var(nll_i) / (count - 1))
     // Against the base (NAN without one):
     double nll_base, ppl_base;
-    double dnll;            // nll - nll_base
-    double ppl_ratio;       // ppl / ppl_base = exp(dnll)
-    double kld_mean, kld_stderr, kld_max;  // stderr: sqrt(var(kld_i) / (count - 1))
-    double top1;            // share of positions whose argmaxes agree
+    double dnll;                          // nll - nll_base
+    double ppl_ratio;                     // ppl / ppl_base = exp(dnll)
+    double kld_mean, kld_stderr, kld_max; // stderr: sqrt(var(kld_i) / (count - 1))
+    double top1;                          // share of positions whose argmaxes agree
 } sm_eval_summary;
 void sm_eval_summarize(const sm_eval_stats *s, sm_eval_summary *out);
 
@@ -248,8 +247,8 @@ typedef struct sm_kld_base_info {
 } sm_kld_base_info;
 
 // tokens (n_chunks, n_ctx) as evaluated. An existing path is refused (SM_ERR_EXISTS) unless force.
-sm_status sm_kld_base_create(const char *path, const sm_kld_base_info *info,
-                             const int32_t *tokens, bool force, sm_kld_base **out);
+sm_status sm_kld_base_create(const char *path, const sm_kld_base_info *info, const int32_t *tokens,
+                             bool force, sm_kld_base **out);
 // Appends the next chunk's rows: logp (n_ctx - 1 - first, vocab).
 sm_status sm_kld_base_write(sm_kld_base *b, const float *logp);
 // After every chunk: flushes, renames into place and frees b (also on failure).
@@ -262,7 +261,8 @@ sm_status sm_kld_base_read(sm_kld_base *b, int64_t chunk, float *logp);
 // Frees b; a file being written and not committed is removed.
 void sm_kld_base_free(sm_kld_base *b);
 
-// --- saving ----------------------------------------------------------------------------------------
+// --- saving
+// ----------------------------------------------------------------------------------------
 
 // The token embedding table (vocab, dim) as the model holds it, in *dtype (F32, F16 or BF16).
 const void *sm_model_embedding(const sm_model *m, sm_dtype *dtype);
