@@ -30,6 +30,11 @@ static const char *k_specs[] = {
     "sparse:density=0.5",
     "sparse:nm=2:4",
     "sparse:density=0.05",
+    // Low-bit: batch-1 apply straight from packed codes / sign bits (BENCHMARKS.md, "Low-bit").
+    "rtn:bits=4",
+    "rtn:bits=4,group=128",
+    "rtn:bits=2",
+    "onebit",
 };
 
 void bench_opts_init(bench_opts *o, bool quick) {
