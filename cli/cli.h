@@ -14,6 +14,8 @@ int cmd_specs(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_calibrate(int argc, char **argv);
+int cmd_compress(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 // Common options every command takes.
 typedef struct cli_common {

@@ -12,6 +12,8 @@ static const struct {
     {"inspect", cmd_inspect, "spectra, ranks, norms and outliers of a checkpoint's matrices"},
     {"calibrate", cmd_calibrate, "collect activation statistics of a model on a text for --calib"},
     {"fit", cmd_fit, "fit matrices to a structure; error, size and speed figures"},
+    {"compress", cmd_compress, "compress a whole model to a target size, choosing per matrix"},
+    {"export", cmd_export, "write a compressed checkpoint as a plain dense one"},
     {"eval", cmd_eval, "perplexity, bits per byte and KL divergence of a model on a text"},
     {"generate", cmd_generate, "generate text or token ids from a prompt"},
     {"bench", cmd_bench, "apply throughput of every structure against dense OpenBLAS"},
