@@ -440,10 +440,10 @@ sm_status sm_compress_measure(sm_compress *c) {
             lo = hi;
         }
         if (s == SM_OK && m->nc == 0)
-            s = sm_fail(SM_ERR_ARG, "%s (%lldx%lld): no candidate could be built%s%s",
-                        m->t->name, (long long)x.e.m, (long long)x.e.n,
-                        m->pinned ? " from " : "", m->pinned ? m->rc[0].base : "");
-        if (s != SM_OK && m->pinned && m->nc == 0) sm_error_prefix("%s: ", m->t->name);
+            s = sm_fail(SM_ERR_ARG, "no candidate could be built");
+        if (s != SM_OK)
+            sm_error_prefix("%s (%lldx%lld): ", m->t->name, (long long)m->t->shape[0],
+                            (long long)m->t->shape[1]);
         mwork_free(&x);
         sm_compress_event ev = {.phase = 1, .index = i, .count = c->nm, .name = m->t->name,
                                 .candidates = m->nc, .seconds = sm_now() - t0};

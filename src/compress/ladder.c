@@ -273,7 +273,7 @@ sm_status sm_build_group(const sm_recipe *rc, int lo, int hi, int only, const fl
         for (int i = first; i < last && st == SM_OK; i++) {
             sm_op *op = NULL;
             st = sm_op_fit(W, m, n, rc[i].base, &fo, &op);
-            if (skippable(st)) {
+            if (skippable(st) && rc[i].method != SM_M_PIN) { // a pinned spec must fit
                 (*skipped)++;
                 st = SM_OK;
                 continue;
