@@ -85,7 +85,10 @@ typedef struct sm_model_info {
 //   - a Hugging Face directory: config.json + model.safetensors, or shards listed in
 //     model.safetensors.index.json (F32, F16, BF16 tensors; structmat operators as stored);
 //   - a .safetensors or .safetensors.index.json file with config.json next to it;
-//   - a llama2.c checkpoint (.bin): the legacy header (version 0) or version 1 (magic "ak42").
+//   - a llama2.c checkpoint (.bin): the legacy header (version 0) or version 1 (magic "ak42");
+//   - a GGUF file (llama.cpp, architectures llama and qwen2; structmat_gguf.h): F32, F16 and
+//     BF16 matrices as dense operators, block-quantized ones (Q4_K, Q8_0, ...) as "ggml"
+//     operators that keep their blocks; llama.cpp's q/k row permutation is undone.
 // Inputs are validated against the config: missing keys or tensors, shapes that contradict it,
 // an unknown architecture, a file too short are errors naming the file.
 sm_status sm_model_load(const char *path, sm_model **out);

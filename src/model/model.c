@@ -238,7 +238,8 @@ static bool ends_with(const char *s, const char *suffix) {
 bool sm_model_is_llama2c(const char *path) {
     struct stat sb;
     if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return false;
-    return !ends_with(path, ".safetensors") && !ends_with(path, ".json");
+    return !ends_with(path, ".safetensors") && !ends_with(path, ".json") &&
+           !sm_model_is_gguf(path);
 }
 
 sm_status sm_model_load(const char *path, sm_model **out) {
@@ -246,6 +247,7 @@ sm_status sm_model_load(const char *path, sm_model **out) {
     if (!path || !*path) return sm_fail(SM_ERR_ARG, "no model path");
     struct stat sb;
     if (stat(path, &sb) != 0) return sm_fail(SM_ERR_IO, "%s: no such file or directory", path);
+    if (sm_model_is_gguf(path)) return sm_model_load_gguf(path, out);
     return sm_model_is_llama2c(path) ? sm_model_load_llama2c(path, out)
                                      : sm_model_load_hf(path, out);
 }

@@ -62,6 +62,9 @@ void sm_model_linear_shape(const sm_model *m, int64_t i, int64_t *rows, int64_t 
 
 sm_status sm_model_load_hf(const char *path, sm_model **out);
 sm_status sm_model_load_llama2c(const char *path, sm_model **out);
+sm_status sm_model_load_gguf(const char *path, sm_model **out); // load_gguf.c
+// Whether path is a file starting with GGUF's magic.
+bool sm_model_is_gguf(const char *path);
 // Whether path looks like a llama2.c checkpoint (a regular file not named *.safetensors/*.json).
 bool sm_model_is_llama2c(const char *path);
 

@@ -6,12 +6,13 @@
 #include <string.h>
 
 extern const sm_op_vtbl sm_vtbl_sum;
+extern const sm_op_vtbl sm_vtbl_ggml; // src/ops/ggml.c: GGUF block formats
 
 static const sm_op_vtbl *const k_structures[] = {
     &sm_vtbl_dense,     &sm_vtbl_lowrank, &sm_vtbl_monarch, &sm_vtbl_blockdiag,
     &sm_vtbl_blocklowrank, &sm_vtbl_kron, &sm_vtbl_blast,   &sm_vtbl_sparse,
     &sm_vtbl_cur,       &sm_vtbl_rtn,     &sm_vtbl_gptq,    &sm_vtbl_onebit,
-    &sm_vtbl_bitstack,
+    &sm_vtbl_bitstack,  &sm_vtbl_ggml,
 };
 #define NSTRUCT (int)(sizeof k_structures / sizeof k_structures[0])
 
