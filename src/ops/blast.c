@@ -285,6 +285,10 @@ static sm_status iterate(fitw *w, double eta, double delta, double err) {
     }
     // S-step: g = (Gu_i o Gv_j) s_ij - diag(U_i^T A_ij V_j), preconditioned by Gu_i o Gv_j.
     block_grams(w->V, B, q, R, w->Gv);
+    float *Vt = w->Xs; // (B R, q): V_j^T, so that the diagonal below reads both rows in order
+    for (int64_t j = 0; j < B; j++)
+        for (int64_t c = 0; c < q; c++)
+            for (int64_t r = 0; r < R; r++) Vt[(j * R + r) * q + c] = w->V[(j * q + c) * R + r];
     for (int64_t i = 0; i < B && st == SM_OK; i++) {
         float *Pi = w->P; // (R, n) = U_i^T A_i
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)n, (int)p, 1.0f,
@@ -294,9 +298,9 @@ static sm_status iterate(fitw *w, double eta, double delta, double err) {
             float *s = w->S + (i * B + j) * R;
             for (int64_t k = 0; k < R * R; k++) w->H[k] = gu[k] * gv[k];
             for (int64_t r = 0; r < R; r++) {
+                const float *pr = Pi + r * n + j * q, *vr = Vt + (j * R + r) * q;
                 double dr = 0;
-                for (int64_t c = 0; c < q; c++)
-                    dr += (double)Pi[r * n + j * q + c] * w->V[(j * q + c) * R + r];
+                for (int64_t c = 0; c < q; c++) dr += (double)pr[c] * vr[c];
                 w->d[r] = (float)-dr;
             }
             cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)R, (int)R, 1.0f, w->H, (int)R, s, 1, 1.0f,
