@@ -3,7 +3,9 @@
 // - qgemv of random B-bit codes (B = 2, 3, 4, 8; symmetric and with zero points) is within
 //   1e-5 * sum |w x| of the dot products of the weights decoded here, on awkward shapes: groups
 //   that are and are not multiples of the vector paths' 16 / 32 columns, one row, odd row
-//   counts, unaligned buffers, and a matrix large enough for the threaded path;
+//   counts, unaligned buffers, and a matrix large enough for the threaded path; also with x
+//   spanning eight orders of magnitude (the AVX512-VNNI 4-bit path splits x into 8-bit digit
+//   planes with one scale per group: groups of 8, 16, 32, 64 and multiples of 128);
 // - qdecode is bit for bit s * (q - z) as a float product, for any row range;
 // - signmm / signmm_t of random sign bits equal sum_c (+-1) x_c for 1..5 vectors, column counts
 //   around the 8 / 16-column steps;
@@ -44,7 +46,7 @@ static const char *isa_name(int isa) {
 
 // One random quantized matrix through one kernel table.
 static void check_q(const sm_qkernels *k, int isa, int bits, int64_t rows, int64_t cols,
-                    int64_t group, bool sym) {
+                    int64_t group, bool sym, bool wide) {
     int64_t ng = cols / group;
     size_t rb = (size_t)((cols * bits + 7) / 8), zb = sym ? 0 : (size_t)((ng * bits + 7) / 8);
     // Unaligned views into padded buffers (kernels may read up to 64 bytes past the end).
@@ -62,6 +64,8 @@ static void check_q(const sm_qkernels *k, int isa, int bits, int64_t rows, int64
     for (int64_t i = 0; i < rows * ng; i++)
         scales[i] = sm_f32_to_f16((float)(0.01 + 0.2 * (rnd_unit() + 1)));
     for (int64_t i = 0; i < cols; i++) x[i] = (float)rnd_unit();
+    if (wide) // magnitudes from 1e-4 to 1e4 within each group
+        for (int64_t i = 0; i < cols; i++) x[i] *= powf(10.0f, (float)(i * 7 % 9) - 4.0f);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) {
             int64_t g = c / group;
@@ -79,9 +83,9 @@ static void check_q(const sm_qkernels *k, int isa, int bits, int64_t rows, int64
             mag += fabs((double)w[r * cols + c] * x[c]);
         }
         if (!(fabs(y[r] - ref) <= 1e-5 * mag + 1e-30)) {
-            fprintf(stderr, "qgemv %s B=%d %lldx%lld group %lld %s: row %lld: %.9g vs %.9g\n",
+            fprintf(stderr, "qgemv %s B=%d %lldx%lld group %lld %s%s: row %lld: %.9g vs %.9g\n",
                     isa_name(isa), bits, (long long)rows, (long long)cols, (long long)group,
-                    sym ? "sym" : "asym", (long long)r, (double)y[r], ref);
+                    sym ? "sym" : "asym", wide ? " wide x" : "", (long long)r, (double)y[r], ref);
             g_failures++;
             break;
         }
@@ -179,6 +183,7 @@ int main(void) {
         {1, 32, 32},   {3, 64, 32},    {17, 128, 64},  {5, 256, 128}, {9, 96, 96},
         {7, 48, 16},   {4, 80, 16},    {6, 91, 7},     {2, 53, 53},   {3, 24, 8},
         {33, 192, 64}, {650, 512, 128}, // threaded path (rows * cols > 2^18)
+        {5, 256, 8},   {3, 384, 16},   {4, 512, 256},  {2, 1024, 1024}, {3, 640, 128},
     };
     static const int widths[] = {2, 3, 4, 8};
     for (int isa = 0; isa <= (int)sm_isa_detect(); isa++) {
@@ -186,8 +191,9 @@ int main(void) {
         for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
             for (int w = 0; w < 4; w++)
                 for (int sym = 0; sym < 2; sym++)
-                    check_q(k, isa, widths[w], shapes[s].rows, shapes[s].cols, shapes[s].group,
-                            sym);
+                    for (int wide = 0; wide < 2; wide++)
+                        check_q(k, isa, widths[w], shapes[s].rows, shapes[s].cols,
+                                shapes[s].group, sym, wide);
         static const int64_t scols[] = {1, 7, 8, 9, 15, 16, 17, 31, 33, 100, 257};
         static const int64_t srows[] = {1, 3, 16, 17, 40};
         for (int c = 0; c < 11; c++)

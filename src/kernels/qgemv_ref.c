@@ -8,7 +8,9 @@
 size_t sm_qgemv_workspace(int64_t cols, int64_t group) {
     // The SIMD kernels keep x in the lane order of their unpacking (cols floats) and each row's
     // scales and scale * zero products (2 * cols / group floats), plus room to round up.
-    return (size_t)(cols + 2 * (cols / group) + 64);
+    // (The AVX512-VNNI 4-bit path keeps three byte planes of x, 0.75 cols floats, and two floats
+    // per group.)
+    return (size_t)(cols + 4 * (cols / group) + 64);
 }
 
 void sm_qgemv_ref_rows(const sm_qview *q, const float *x, float *y, int64_t r0, int64_t r1) {

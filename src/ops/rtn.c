@@ -17,8 +17,15 @@
 #include <cblas.h>
 #include <string.h>
 
-#define TILE 64 // rows decoded at a time for N > 1 and apply_t
 #define QOP(op) ((sm_qop *)(op)->impl)
+
+// Rows decoded at a time for N > 1 and apply_t: a tile of about 1 MiB (L2-sized), at least 64
+// rows, so that each GEMM call has enough work.
+static int64_t tile_rows(int64_t m, int64_t n) {
+    int64_t t = ((int64_t)1 << 18) / n;
+    if (t < 64) t = 64;
+    return t < m ? t : m;
+}
 
 void sm_qop_free(void *impl) {
     sm_qop *o = impl;
@@ -83,7 +90,7 @@ static size_t rht_ws(const sm_qop *o) {
 size_t sm_qop_workspace(const sm_op *op, int64_t N) {
     const sm_qop *o = QOP(op);
     int64_t m = op->m, n = op->n, big = m > n ? m : n;
-    size_t kern = sm_qgemv_workspace(n, o->q.group), tile = (size_t)((m < TILE ? m : TILE) * n);
+    size_t kern = sm_qgemv_workspace(n, o->q.group), tile = (size_t)(tile_rows(m, n) * n);
     return (o->rot ? (size_t)(N * big) + rht_ws(o) : 0) + (kern > tile ? kern : tile);
 }
 
@@ -102,8 +109,8 @@ void sm_qop_apply(const sm_op *op, int64_t N, const float *X, float *Y, float *w
     if (N == 1) {
         k->qgemv(&v, xin, Y, kw);
     } else {
-        for (int64_t r0 = 0; r0 < m; r0 += TILE) {
-            int64_t r1 = r0 + TILE < m ? r0 + TILE : m;
+        for (int64_t r0 = 0, T = tile_rows(m, n); r0 < m; r0 += T) {
+            int64_t r1 = r0 + T < m ? r0 + T : m;
             k->qdecode(&v, r0, r1, kw);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)(r1 - r0), (int)n,
                         1.0f, xin, (int)n, kw, (int)n, 0.0f, Y + r0, (int)m);
@@ -124,8 +131,8 @@ void sm_qop_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, float 
         sm_rht_rows(&o->rout, yr, N, false, rw);
         yin = yr;
     }
-    for (int64_t r0 = 0; r0 < m; r0 += TILE) {
-        int64_t r1 = r0 + TILE < m ? r0 + TILE : m;
+    for (int64_t r0 = 0, T = tile_rows(m, n); r0 < m; r0 += T) {
+        int64_t r1 = r0 + T < m ? r0 + T : m;
         k->qdecode(&v, r0, r1, kw);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)n, (int)(r1 - r0),
                     1.0f, yin + r0, (int)m, kw, (int)n, r0 == 0 ? 0.0f : 1.0f, X, (int)n);
