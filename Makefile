@@ -1,20 +1,28 @@
 # The README's two commands: `make demo` and `make test`. `make` builds build/structmat.
 BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
-DEB_BUILD = build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev
+DEB_BUILD = build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev libpcre2-dev
 DEB_TEST = python3-numpy
+# The GGUF and tokenizer tests check against llama.cpp's gguf package and Hugging Face's
+# tokenizers (PyPI), installed into the python3 on PATH.
+PY_TEST = gguf==0.19.0 tokenizers==0.23.3 numpy==2.4.6
 DEB_FUZZ = clang-14 libclang-rt-14-dev libomp-14-dev
 MODEL = models/shakespeare-llama-3m
 
-.PHONY: all deps test-deps configure demo test test-fast asan fuzz fuzz-build bench install clean
+.PHONY: all deps test-deps test-deps-py configure demo test test-fast asan fuzz fuzz-build bench install clean
 
 all: $(BUILD)/structmat
 
 deps:
 	@tools/deps.sh $(DEB_BUILD)
 
-test-deps: deps
+test-deps: deps test-deps-py
 	@tools/deps.sh $(DEB_TEST)
+
+# Debian's own python3 refuses pip installs (PEP 668) unless told to break system packages.
+test-deps-py:
+	@PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q $(PY_TEST) 2>/dev/null || \
+		PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --break-system-packages $(PY_TEST)
 
 $(BUILD)/Makefile: CMakeLists.txt | deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
