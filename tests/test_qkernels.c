@@ -11,10 +11,14 @@
 //   around the 8 / 16-column steps;
 // - fwht equals the product with the Sylvester-Hadamard matrix H_ij = (-1)^popcount(i & j),
 //   acting on rows of b floats, for p2 up to 1024 and b in {1, 3, 5, 16, 43}.
+// The program runs once more with STRUCTMAT_NO_VNNI=1 so that 4-bit codes also go through the
+// table path on CPUs that have VNNI (the choice is made once per process).
 #include "kernels/qkernels.h"
 #include "testutil.h"
 
 #include <stdint.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static uint64_t g_rng = 0x0123456789abcdefull;
 
@@ -176,7 +180,8 @@ static void check_fwht(const sm_qkernels *k, int isa, int64_t p2, int64_t b) {
     free(x), free(x0);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
     static const struct {
         int64_t rows, cols, group;
     } shapes[] = {
@@ -204,6 +209,20 @@ int main(void) {
             static const int64_t bs[] = {1, 3, 5, 16, 43};
             for (int b = 0; b < 5; b++)
                 if (p2 * bs[b] <= 4096) check_fwht(k, isa, p2, bs[b]);
+        }
+    }
+    if (!getenv("STRUCTMAT_NO_VNNI")) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            setenv("STRUCTMAT_NO_VNNI", "1", 1);
+            execl(argv[0], argv[0], (char *)NULL);
+            _exit(127);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "the run with STRUCTMAT_NO_VNNI=1 failed\n");
+            g_failures++;
         }
     }
     TEST_END();
