@@ -42,8 +42,9 @@ int cli_check_output(const char *cmd, const char *path, bool force);
 void cli_json_str(FILE *f, const char *s);
 
 // The matrices of a checkpoint (cli/matrices.c): a safetensors file, directory or index (2-D
-// tensors and structmat operators), or a model the runtime loads (linear layers and the token
-// embedding): llama2.c checkpoints always, any model when need_model.
+// tensors and structmat operators), a GGUF file (its 2-D tensors), or a model the runtime loads
+// (linear layers and the token embedding): llama2.c checkpoints always, any model (GGUF
+// included) when need_model.
 typedef struct cli_matrix {
     const char *name;
     const char *kind; // dtype name ("F32") of a plain matrix, or an operator's spec
@@ -58,7 +59,8 @@ typedef struct cli_matrices {
     cli_matrix *items; // (n)
     int n;
     sm_st *st;    // a safetensors source, or
-    struct sm_model *model; // a model
+    struct sm_model *model; // a model, or
+    struct sm_gguf *gguf;   // a GGUF file's 2-D tensors (names and types as the file has them)
 } cli_matrices;
 
 // Prints "structmat <cmd>: ..." and returns 1 on failure.

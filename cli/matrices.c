@@ -1,6 +1,8 @@
 // The matrices inspect and fit work on, from either of two sources:
 //   - a safetensors file, directory or index: its 2-D tensors and structmat operators (whose
 //     stored parts are not listed on their own);
+//   - a GGUF file: its 2-D tensors under the file's names (blk.0.attn_q.weight), shaped [out, in]
+//     (GGUF's dimensions reversed), of any ggml type with a decoder (structmat_gguf.h);
 //   - a model the runtime loads (sm_model_load): its linear layers (sm_model_linear) and token
 //     embedding. Used for llama2.c checkpoints, which hold no named tensors, and for fit
 //     --save-model, which puts the fitted operators back into the model.
@@ -11,6 +13,7 @@
 
 #include "base/base.h"
 #include "model/model.h"
+#include "structmat_gguf.h"
 
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -119,11 +122,25 @@ static int list_model(cli_matrices *ms) {
     return n;
 }
 
+static int list_gguf(cli_matrices *ms) {
+    int n = 0;
+    for (int64_t i = 0; i < sm_gguf_tensor_count(ms->gguf); i++) {
+        const sm_gguf_tensor *t = sm_gguf_tensor_get(ms->gguf, i);
+        if (t->ndim == 2)
+            ms->items[n++] = (cli_matrix){t->name, t->type_name,          t->shape[0], t->shape[1],
+                                          false,   is_embedding(t->name), -1};
+    }
+    return n;
+}
+
 int cli_matrices_open(const char *cmd, const char *path, bool need_model, cli_matrices *ms) {
     memset(ms, 0, sizeof *ms);
     ms->path = path;
     int64_t cap;
-    if (need_model || sm_model_is_llama2c(path)) {
+    if (!need_model && sm_model_is_gguf(path)) {
+        if (sm_gguf_open(path, &ms->gguf) != SM_OK) return cli_fail(cmd, NULL);
+        cap = sm_gguf_tensor_count(ms->gguf) + 1;
+    } else if (need_model || sm_model_is_llama2c(path)) {
         if (sm_model_load(path, &ms->model) != SM_OK) return cli_fail(cmd, NULL);
         sm_model_info f;
         sm_model_get_info(ms->model, &f);
@@ -133,7 +150,7 @@ int cli_matrices_open(const char *cmd, const char *path, bool need_model, cli_ma
         cap = (int64_t)sm_st_count(ms->st) + sm_st_meta_count(ms->st) + 1;
     }
     ms->items = calloc((size_t)cap, sizeof *ms->items);
-    ms->n = ms->items ? (ms->model ? list_model(ms) : list_st(ms)) : -1;
+    ms->n = !ms->items ? -1 : ms->model ? list_model(ms) : ms->gguf ? list_gguf(ms) : list_st(ms);
     if (ms->n < 0) {
         cli_matrices_close(ms);
         return cli_fail(cmd, "out of memory");
@@ -144,6 +161,7 @@ int cli_matrices_open(const char *cmd, const char *path, bool need_model, cli_ma
 void cli_matrices_close(cli_matrices *ms) {
     free(ms->items);
     sm_st_close(ms->st);
+    sm_gguf_close(ms->gguf);
     sm_model_free(ms->model);
     memset(ms, 0, sizeof *ms);
 }
@@ -155,7 +173,9 @@ int cli_matrices_find(const cli_matrices *ms, const char *name) {
 }
 
 const char *cli_matrices_why_absent(const cli_matrices *ms, const char *name) {
-    return ms->st && sm_st_find(ms->st, name) ? "not a matrix:" : "no matrix named";
+    bool tensor =
+        (ms->st && sm_st_find(ms->st, name)) || (ms->gguf && sm_gguf_find(ms->gguf, name));
+    return tensor ? "not a matrix:" : "no matrix named";
 }
 
 // W (rows, cols) of an operator, malloc'd.
@@ -177,6 +197,10 @@ sm_status cli_matrices_read(const cli_matrices *ms, int i, float **W) {
         *W = malloc(sizeof(float) * (size_t)(it->rows * it->cols));
         if (!*W) return sm_fail(SM_ERR_ALLOC, "out of memory for the embedding");
         return sm_convert_to_f32(dt, e, it->rows * it->cols, *W);
+    }
+    if (ms->gguf) {
+        int64_t cnt;
+        return sm_gguf_read_f32(ms->gguf, it->name, W, &cnt);
     }
     if (!it->is_op) {
         int64_t cnt;
