@@ -5,6 +5,7 @@
 // better than low-rank, block-low-rank and Monarch on two of the shared model's matrices at no more
 // parameters (all 28 in test_slow_blast_model); sizes; errors.
 #include "linalg/linalg.h"
+#include "ops/blast_kernels.h"
 #include "testutil.h"
 
 static sm_part part3(const char *name, int64_t a, int64_t b, int64_t c, const float *data) {
@@ -396,7 +397,26 @@ static void test_errors(void) {
     }
 }
 
+// The coupling kernel at every level the CPU has, on lengths around the vector widths.
+static void test_kernels(void) {
+    float s[70], z[70], t[70], ref[70];
+    fill_random(s, 70, 1), fill_random(z, 70, 2);
+    for (int64_t n = 0; n <= 70; n += n < 20 ? 1 : 17)
+        for (int acc = 0; acc < 2; acc++)
+            for (int isa = 0; isa <= (int)sm_isa_detect(); isa++) {
+                fill_random(t, 70, 3), fill_random(ref, 70, 3);
+                for (int64_t i = 0; i < n; i++)
+                    ref[i] = (float)((acc ? (double)ref[i] : 0.0) + (double)s[i] * z[i]);
+                sm_blast_kernels_for((sm_isa)isa)->mul(n, s, z, t, acc);
+                char what[64];
+                snprintf(what, sizeof what, "blast mul %s n=%lld acc=%d", sm_isa_name((sm_isa)isa),
+                         (long long)n, acc);
+                check_close(what, t, ref, 70, 1e-6); // entries past n untouched
+            }
+}
+
 int main(void) {
+    test_kernels();
     test_parameterization();
     test_special_cases();
     test_recovery();

@@ -33,6 +33,7 @@
 // (s = 1 there), so they start useful. The result is the iterate with the lowest error, the warm
 // start included: never worse than the warm start. Activation-aware fitting (sm_fit_opts.stats)
 // is not implemented for BLAST: it fits the Frobenius objective either way.
+#include "blast_kernels.h"
 #include "op_impl.h"
 
 #include <cblas.h>
@@ -590,39 +591,40 @@ static size_t factor_ws(const blast *b) {
 // Z (N, B R), T (N, R), the permuted output/input (N, m) when perm=stride, factor scratch.
 static size_t blast_workspace(const sm_op *op, int64_t N) {
     const blast *b = BL(op);
-    return (size_t)(N * (b->B * b->R + b->R + (b->stride ? op->m : 0))) + factor_ws(b);
+    return (size_t)(N * (2 * b->B * b->R + (b->stride ? op->m : 0))) + factor_ws(b);
 }
 
-// T (N, R) = sum over k of coef_k * Z_k, Z_k = columns [k R, (k+1) R) of Z (N, B R); the
-// coefficients are s_ij for fixed i (k = j, step 1) or fixed j (k = i, step B) of S.
-static void couple(int64_t N, int64_t B, int64_t R, const float *Z, const float *s0, int64_t sstep,
+// T (N, B R): T[x, o R + r] = sum_k c(o, k)[r] Z[x, k R + r] for every output block o, with
+// c(o, k) = s_ok (apply: o = i, k = j) or s_ko (apply_t: o = j, k = i). Rows go in groups of 8, so
+// each s vector is read once per group from L1 (S is B^2 R floats: 1 MB for B = 16, R = 1024).
+static void couple(int64_t N, int64_t B, int64_t R, const float *Z, const float *S, bool trans,
                    float *T) {
-    for (int64_t x = 0; x < N; x++) {
-        float *t = T + x * R;
-        const float *z = Z + x * B * R;
-        for (int64_t r = 0; r < R; r++) t[r] = s0[r] * z[r];
-        for (int64_t k = 1; k < B; k++) {
-            const float *s = s0 + k * sstep * R, *zk = z + k * R;
-            for (int64_t r = 0; r < R; r++) t[r] += s[r] * zk[r];
-        }
+    const sm_blast_kernels *kt = sm_blast_kernels_get();
+    for (int64_t x0 = 0; x0 < N; x0 += 8) {
+        int64_t x1 = x0 + 8 < N ? x0 + 8 : N;
+        for (int64_t o = 0; o < B; o++)
+            for (int64_t k = 0; k < B; k++) {
+                const float *s = S + (trans ? k * B + o : o * B + k) * R;
+                for (int64_t x = x0; x < x1; x++)
+                    kt->mul(R, s, Z + x * B * R + k * R, T + x * B * R + o * R, k > 0);
+            }
     }
 }
 
 static void blast_apply(const sm_op *op, int64_t N, const float *X, float *Y, float *work) {
     const blast *b = BL(op);
     int64_t B = b->B, R = b->R, p = b->p, m = op->m, n = op->n;
-    float *Z = work, *T = Z + N * B * R, *Yp = T + N * R;
+    float *Z = work, *T = Z + N * B * R, *Yp = T + N * B * R; // Z, T (N, B R)
     float *sub = Yp + (b->stride ? N * m : 0);
-    const float *S = b->S.data;
     for (int64_t j = 0; j < B; j++) { // Z_j = X_j V_j
         sm_factor vj = sm_factor_rows(&b->V, j * R, (j + 1) * R);
         sm_factor_mm(&vj, N, X + j * b->q, n, Z + j * R, B * R, 0.0f, sub);
     }
+    couple(N, B, R, Z, b->S.data, false, T); // T_i = sum_j s_ij Z_j
     float *out = b->stride ? Yp : Y;
-    for (int64_t i = 0; i < B; i++) { // Y_i = (sum_j s_ij Z_j) U_i^T
-        couple(N, B, R, Z, S + i * B * R, 1, T);
+    for (int64_t i = 0; i < B; i++) { // Y_i = T_i U_i^T
         sm_factor ui = sm_factor_rows(&b->U, i * p, (i + 1) * p);
-        sm_factor_mm(&ui, N, T, R, out + i * p, m, 0.0f, sub);
+        sm_factor_mm(&ui, N, T + i * R, B * R, out + i * p, m, 0.0f, sub);
     }
     if (b->stride) // Y[x, a B + i] = Yp[x, i p + a]
         for (int64_t x = 0; x < N; x++)
@@ -633,9 +635,9 @@ static void blast_apply(const sm_op *op, int64_t N, const float *X, float *Y, fl
 static void blast_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, float *work) {
     const blast *b = BL(op);
     int64_t B = b->B, R = b->R, p = b->p, q = b->q, m = op->m, n = op->n;
-    float *Z = work, *T = Z + N * B * R, *Yp = T + N * R;
+    float *Z = work, *T = Z + N * B * R, *Yp = T + N * B * R;
     float *sub = Yp + (b->stride ? N * m : 0);
-    const float *S = b->S.data, *in = Y;
+    const float *in = Y;
     if (b->stride) {
         for (int64_t x = 0; x < N; x++)
             for (int64_t i = 0; i < B; i++)
@@ -646,10 +648,10 @@ static void blast_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, 
         sm_factor ui = sm_factor_rows(&b->U, i * p, (i + 1) * p);
         sm_factor_mm_t(&ui, N, in + i * p, m, Z + i * R, B * R, 0.0f, sub);
     }
-    for (int64_t j = 0; j < B; j++) { // X_j = (sum_i s_ij Z_i) V_j^T
-        couple(N, B, R, Z, S + j * R, B, T);
+    couple(N, B, R, Z, b->S.data, true, T); // T_j = sum_i s_ij Z_i
+    for (int64_t j = 0; j < B; j++) {       // X_j = T_j V_j^T
         sm_factor vj = sm_factor_rows(&b->V, j * R, (j + 1) * R);
-        sm_factor_mm_t(&vj, N, T, R, X + j * q, n, 0.0f, sub);
+        sm_factor_mm_t(&vj, N, T + j * R, B * R, X + j * q, n, 0.0f, sub);
     }
 }
 
