@@ -60,9 +60,9 @@ void bench_opts_init(bench_opts *o, bool quick) {
         o->fit_shapes[0][0] = 256, o->fit_shapes[0][1] = 256;
         return;
     }
-    // DESIGN.md: bandwidth sweeps >= 1 GiB; N = 1 rotates over > 4x the L3. The brief's L3 was
-    // 48 MiB, but this VM reports 480 MiB and a 192 MiB set still reads ~15% faster than 1 GiB,
-    // so the default set is 512 MiB (within a few % of the 1 GiB sweep).
+    // DESIGN.md: bandwidth sweeps >= 1 GiB; N = 1 rotates over > 4x the L3, written for a 48 MiB
+    // L3. This VM reports 480 MiB, yet a 192 MiB set reads ~15% faster than 1 GiB while 512 MiB
+    // and 2 GiB of copies time the same, so the default set is 512 MiB (BENCHMARKS.md).
     o->bw_mib = 1024;
     o->ws_mib = 512;
     o->nshapes = 3;
