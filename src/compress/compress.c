@@ -681,6 +681,7 @@ sm_status sm_compress_save_curves(const sm_compress *c, const char *path, bool f
             cJSON_AddNumberToObject(e, "recipe", cd->rc);
             cJSON_AddStringToObject(e, "base", m->rc[cd->rc].base);
             cJSON_AddNumberToObject(e, "a", (double)m->rc[cd->rc].a);
+            cJSON_AddNumberToObject(e, "store", m->rc[cd->rc].store);
             cJSON_AddStringToObject(e, "spec", cd->spec);
             cJSON_AddNumberToObject(e, "bytes", (double)cd->bytes);
             cJSON_AddNumberToObject(e, "error", cd->err);
@@ -757,6 +758,7 @@ static sm_status load_curves(sm_compress *c, const char *path, const cJSON *r) {
             cand *cd = &m->c[m->nc];
             if (!(rc >= 0 && rc < m->nrc) || !base || !spec ||
                 strcmp(base, m->rc[(int)rc].base) || a != (double)m->rc[(int)rc].a ||
+                num(e, "store") != (double)m->rc[(int)rc].store ||
                 !(num(e, "bytes") > 0) || !(num(e, "error") >= 0) || !(num(e, "room") > 0))
                 return sm_fail(SM_ERR_FORMAT, "%s: %s: candidate %d does not match this "
                                "version's ladder", path, name, m->nc);

@@ -3,12 +3,13 @@
 // Per (m, n) matrix, from the methods asked for:
 //   dense     the matrix as stored; F16 when stored as F32
 //   rtn       2, 3, 4 bits x groups 32, 64, 128 (those dividing n) x with/without Hadamard
-//             rotation, and 8 bits (group 128)
+//             rotation, and 8 bits (group 128); from 4M weights on, groups 64 and 128 only
 //   gptq      the same grid (with calibration statistics only), actorder
 //   onebit    sign bits + rank-1 magnitudes
 //   bitstack  k = m n / (64 (m + n)) (a level costs about 1.25 bpw), 6 levels: every prefix
 //   lowrank   ranks whose parameters are 1/64 .. 3/4 of m n, factors in F16, Q8, Q4, all from
-//             one SVD (activation-aware with statistics)
+//             one SVD (activation-aware with statistics); from 4M weights on 1/16 .. 1/2 in
+//             Q8 and Q4
 //   monarch   4 blocks, ratio 1/4 and 1/2, factors Q8 and Q4
 //   blast     4 blocks, ratio 1/4 and 1/2, factors Q8 and Q4 (100 iterations)
 //   blockdiag 2 and 4 blocks, Q8 and Q4
@@ -128,12 +129,16 @@ sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool
     }
     static const int bits[] = {2, 3, 4, 8}, groups[] = {32, 64, 128};
     static const int bits8[] = {8}, g128[] = {128};
+    // Matrices of 4M weights and more (a 1B model's) get a coarser grid: their fits and error
+    // evaluations cost in proportion, and groups of 32 or ranks in between are rarely chosen.
+    bool big = m * n >= ((int64_t)1 << 22);
+    const int *gq = big ? groups + 1 : groups, ngq = big ? 2 : 3;
     if (ON(SM_M_RTN)) {
-        quantizers(&l, SM_M_RTN, n, bits, 3, groups, 3, false, NULL, 0);
+        quantizers(&l, SM_M_RTN, n, bits, 3, gq, ngq, false, NULL, 0);
         if (n % 128 == 0) quantizers(&l, SM_M_RTN, n, bits8, 1, g128, 1, false, NULL, 0);
         else quantizers(&l, SM_M_RTN, n, bits8, 1, groups, 2, false, NULL, 0);
     }
-    if (ON(SM_M_GPTQ) && calib) quantizers(&l, SM_M_GPTQ, n, bits, 3, groups, 3, false, NULL, 0);
+    if (ON(SM_M_GPTQ) && calib) quantizers(&l, SM_M_GPTQ, n, bits, 3, gq, ngq, false, NULL, 0);
     if (ON(SM_M_ONEBIT)) fit(&l, SM_M_ONEBIT, "onebit");
     if (ON(SM_M_BITSTACK)) {
         int64_t k = m * n / (64 * (m + n)), full = m < n ? m : n;
@@ -151,11 +156,12 @@ sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool
     if (ON(SM_M_LOWRANK)) {
         static const double ratios[] = {1.0 / 64, 1.0 / 32, 1.0 / 16, 1.0 / 8, 3.0 / 16,
                                         1.0 / 4,  3.0 / 8,  1.0 / 2,  3.0 / 4};
+        static const double big_ratios[] = {1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2};
         int64_t ranks[16];
-        int nr = ranks_of(m, n, ratios, 9, ranks);
+        int nr = big ? ranks_of(m, n, big_ratios, 4, ranks) : ranks_of(m, n, ratios, 9, ranks);
         static const int st[] = {SM_STORE_F16, SM_STORE_Q8, SM_STORE_Q4};
         for (int r = 0; r < nr; r++)
-            for (int s = 0; s < 3; s++) {
+            for (int s = big ? 1 : 0; s < 3; s++) {
                 sm_recipe *rc = push(&l, SM_RECIPE_LOWRANK, SM_M_LOWRANK, "");
                 if (rc) rc->a = ranks[r], rc->rmax = ranks[nr - 1], rc->store = st[s];
             }
