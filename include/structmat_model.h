@@ -151,8 +151,25 @@ sm_status sm_tokenizer_init_bytes(sm_tokenizer **out);
 // the bytes. vocab_size > 0 is the model's (the file does not store it; it must hold exactly
 // that many tokens), 0 reads tokens to the end of the file. BOS = 1, EOS = 2.
 sm_status sm_tokenizer_load(const char *path, int64_t vocab_size, sm_tokenizer **out);
-// The tokenizer of a model loaded from model_path: tokenizer.bin in its directory (or next to a
-// llama2.c .bin), else byte-level when the vocabulary has 256 tokens, else SM_ERR_NOT_FOUND.
+// A Hugging Face tokenizer.json with a BPE model: byte-level (GPT-2, Llama-3, Qwen2, SmolLM:
+// the pre-tokenizer's regular expression through PCRE2 with Unicode classes, GPT-2's byte
+// alphabet, merges by rank, ignore_merges, added tokens cut out first) or SentencePiece-style
+// (Llama-2: "▁" for spaces and prepended, "<0xNN>" byte fallback, unk fusing). Supported parts:
+// normalizers none / NFC (taken as already applied) / Prepend("▁") + Replace(" ", "▁");
+// pre-tokenizers ByteLevel, Split (Regex, Isolated) and Sequences of them. BOS is the special
+// token a TemplateProcessing post-processor puts first (-1 without one); EOS is -1 (the model's,
+// through sm_tokenizer_load_for_model). Unsupported parts are refused naming them.
+sm_status sm_tokenizer_load_json(const char *path, sm_tokenizer **out);
+// The vocabulary inside a GGUF file: tokenizer.ggml.model "gpt2" (tokens, merges, token types:
+// control and user-defined tokens match in text; tokenizer.ggml.pre default/gpt2, llama-bpe/
+// llama3 or qwen2 selects the regex) or "llama" (SentencePiece pieces and scores, encoded as
+// llama.cpp does: "▁" prefix, characters, byte fallback, highest-scoring merges). BOS when
+// tokenizer.ggml.add_bos_token (default: true for llama, false for gpt2), EOS from its id.
+sm_status sm_tokenizer_load_gguf(const char *path, sm_tokenizer **out);
+// The tokenizer of a model loaded from model_path: a GGUF file's own vocabulary, else
+// tokenizer.json in its directory (EOS from the model's config when the file has none), else
+// tokenizer.bin there (or next to a llama2.c .bin), else byte-level when the vocabulary has 256
+// tokens, else SM_ERR_NOT_FOUND. A tokenizer with more tokens than the model embeds is refused.
 sm_status sm_tokenizer_load_for_model(const char *model_path, const sm_model *m,
                                       sm_tokenizer **out);
 void sm_tokenizer_free(sm_tokenizer *t);
@@ -166,6 +183,9 @@ sm_status sm_tokenizer_encode(const sm_tokenizer *t, const char *text, size_t le
                               int32_t **ids, int64_t *n);
 // The bytes of token id (*len of them, not NUL-terminated; owned by t). prev is the token before
 // it (-1: none): after BOS a piece's leading space is dropped; "<0xNN>" pieces are the byte NN.
+// BPE tokenizers: byte-level pieces decode to their bytes; SentencePiece-style ones drop the
+// prepended space on the first token (prev -1 or BOS), so the pieces of encode's ids (BOS
+// skipped), each decoded after the one before, concatenate to the text.
 // An id outside the vocabulary gives "" (len 0).
 const char *sm_tokenizer_decode(const sm_tokenizer *t, int32_t prev, int32_t id, size_t *len);
 

@@ -98,7 +98,7 @@ static void valid_file(buf *b, uint32_t version) {
     key(b, "a.f32", SM_GGUF_F32), f32(b, 0.25f);
     key(b, "a.bool", SM_GGUF_BOOL), u8(b, 1);
     key(b, "a.u64", SM_GGUF_U64), u64(b, (uint64_t)1 << 40);
-    key(b, "a.i64", SM_GGUF_I64), u64(b, (uint64_t)-(int64_t)1e12);
+    key(b, "a.i64", SM_GGUF_I64), u64(b, (uint64_t) - (int64_t)1e12);
     key(b, "a.f64", SM_GGUF_F64);
     double d = -1.5e-300;
     put(b, &d, 8);
@@ -167,10 +167,10 @@ static void test_valid(uint32_t version) {
     struct {
         const char *k;
         int64_t v;
-    } ints[] = {{"a.u8", 200},        {"a.i8", -5},   {"a.u16", 65000},
-                {"a.i16", -300},      {"a.u32", 4000000000LL},
-                {"a.i32", -70000},    {"a.u64", 1LL << 40},
-                {"a.i64", -1000000000000LL}};
+    } ints[] = {{"a.u8", 200},           {"a.i8", -5},
+                {"a.u16", 65000},        {"a.i16", -300},
+                {"a.u32", 4000000000LL}, {"a.i32", -70000},
+                {"a.u64", 1LL << 40},    {"a.i64", -1000000000000LL}};
     for (size_t k = 0; k < sizeof ints / sizeof *ints; k++) {
         CHECK_OK(sm_gguf_get_int(g, ints[k].k, &i));
         CHECK(i == ints[k].v);
@@ -251,7 +251,8 @@ static void test_valid(uint32_t version) {
     for (size_t n = 0; n < b.n; n++) {
         buf c = {b.p, n, n};
         sm_status st = open_bytes(&c);
-        if (st == SM_OK) accepted++;
+        if (st == SM_OK)
+            accepted++;
         else if (!strstr(sm_last_error(), g_path)) {
             fprintf(stderr, "prefix %zu: \"%s\" does not name the file\n", n, sm_last_error());
             g_failures++;
@@ -314,8 +315,7 @@ static void expect(buf *b, sm_status st, const char *needle) {
 }
 
 // One tensor info (the rest of a file with no keys): name t, dims, type, offset; 96 data bytes.
-static void one_tensor(buf *b, uint32_t nd, const uint64_t *dims, uint32_t type,
-                       uint64_t offset) {
+static void one_tensor(buf *b, uint32_t nd, const uint64_t *dims, uint32_t type, uint64_t offset) {
     header(b, 3, 1, 0);
     str(b, "t");
     u32(b, nd);

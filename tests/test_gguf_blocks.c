@@ -13,9 +13,9 @@
 #include <stdint.h>
 #include <unistd.h>
 
-static const char *const k_decoded[] = {"Q4_0", "Q4_1", "Q5_0", "Q5_1",  "Q8_0",  "Q2_K",
-                                        "Q3_K", "Q4_K", "Q5_K", "Q6_K",  "TQ1_0", "TQ2_0",
-                                        "MXFP4", "IQ4_NL", "BF16"};
+static const char *const k_decoded[] = {"Q4_0",  "Q4_1",  "Q5_0",  "Q5_1",   "Q8_0",
+                                        "Q2_K",  "Q3_K",  "Q4_K",  "Q5_K",   "Q6_K",
+                                        "TQ1_0", "TQ2_0", "MXFP4", "IQ4_NL", "BF16"};
 static const char *const k_encoded[] = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"};
 
 // Index of the first element whose bits differ, or -1.

@@ -8,6 +8,8 @@
 // (score desc, left position asc) and stale entries are skipped, which merges in the same order
 // in O(n log n), so long texts (evaluation files) encode quickly.
 #include "model.h"
+#include "structmat_gguf.h"
+#include "tokenizer_bpe.h"
 
 #include <ctype.h>
 #include <libgen.h>
@@ -28,6 +30,7 @@ struct sm_tokenizer {
     int32_t byte_id[256];     // id of the piece "<0xNN>", or -1
     int32_t space_id;         // id of " ", or -1
     unsigned char bytes[256]; // bytes[i] = i: what byte tokens decode to
+    sm_bpe *bpe;              // a BPE tokenizer (tokenizer_bpe.c) that encode/decode forward to
 };
 
 // --- pieces and their lookup ---------------------------------------------------------------------
@@ -101,7 +104,59 @@ void sm_tokenizer_free(sm_tokenizer *t) {
     free(t->off);
     free(t->score);
     free(t->table);
+    sm_bpe_free(t->bpe);
     free(t);
+}
+
+sm_status sm_tokenizer_wrap_bpe(sm_bpe *b, int32_t bos, int32_t eos, sm_tokenizer **out) {
+    *out = NULL;
+    sm_tokenizer *t = new_tokenizer();
+    if (!t) {
+        sm_bpe_free(b);
+        return sm_fail(SM_ERR_ALLOC, "out of memory");
+    }
+    t->bpe = b;
+    t->vocab = sm_bpe_vocab(b);
+    t->bos = bos;
+    t->eos = eos;
+    *out = t;
+    return SM_OK;
+}
+
+sm_status sm_tokenizer_from_pieces(int64_t n, const char *const *pieces, const size_t *lens,
+                                   const float *scores, int32_t bos, int32_t eos,
+                                   sm_tokenizer **out) {
+    *out = NULL;
+    sm_tokenizer *t = new_tokenizer();
+    size_t total = 0;
+    for (int64_t i = 0; i < n; i++) total += lens[i];
+    if (t) {
+        t->vocab = n;
+        t->bos = bos;
+        t->eos = eos;
+        t->off = malloc((size_t)(n + 1) * sizeof *t->off);
+        t->score = malloc((size_t)(n ? n : 1) * sizeof *t->score);
+        t->blob = malloc(total + 1);
+    }
+    if (!t || !t->off || !t->score || !t->blob) {
+        sm_tokenizer_free(t);
+        return sm_fail(SM_ERR_ALLOC, "out of memory for %lld tokens", (long long)n);
+    }
+    int64_t used = 0;
+    for (int64_t i = 0; i < n; i++) {
+        t->off[i] = used;
+        memcpy(t->blob + used, pieces[i], lens[i]);
+        used += (int64_t)lens[i];
+        t->score[i] = scores[i];
+    }
+    t->off[n] = used;
+    sm_status s = build_table(t);
+    if (s != SM_OK) {
+        sm_tokenizer_free(t);
+        return s;
+    }
+    *out = t;
+    return SM_OK;
 }
 
 sm_status sm_tokenizer_load(const char *path, int64_t vocab_size, sm_tokenizer **out) {
@@ -195,10 +250,28 @@ sm_status sm_tokenizer_load_for_model(const char *model_path, const sm_model *m,
         free(dir);
         return sm_fail(SM_ERR_ALLOC, "out of memory");
     }
-    free(dir);
     sm_status s;
     int64_t vocab = m->info.vocab_size;
-    if (stat(file, &sb) == 0)
+    char *json = NULL;
+    if (asprintf(&json, "%s/tokenizer.json", dir) < 0) json = NULL;
+    free(dir);
+    if (!json) {
+        free(file);
+        return sm_fail(SM_ERR_ALLOC, "out of memory");
+    }
+    bool gguf_vocab = false;
+    if (sm_model_is_gguf(model_path)) { // a GGUF file's own vocabulary, when it has one
+        sm_gguf *g = NULL;
+        if (sm_gguf_open(model_path, &g) == SM_OK)
+            gguf_vocab = sm_gguf_kv_find(g, "tokenizer.ggml.model") >= 0;
+        sm_gguf_close(g);
+        sm_error_clear();
+    }
+    if (gguf_vocab)
+        s = sm_tokenizer_load_gguf(model_path, out);
+    else if (stat(json, &sb) == 0)
+        s = sm_tokenizer_load_json(json, out);
+    else if (stat(file, &sb) == 0)
         s = sm_tokenizer_load(file, vocab, out);
     else if (vocab == 256)
         s = sm_tokenizer_init_bytes(out);
@@ -208,6 +281,17 @@ sm_status sm_tokenizer_load_for_model(const char *model_path, const sm_model *m,
                     "(%lld) is not byte-level: give token ids",
                     model_path, (long long)vocab);
     free(file);
+    free(json);
+    if (s == SM_OK && (*out)->bpe) {
+        // tokenizer.json holds no EOS: the model's; ids the model cannot embed are refused.
+        if ((*out)->eos < 0) (*out)->eos = m->info.eos_id;
+        if ((*out)->vocab > vocab) {
+            s = sm_fail(SM_ERR_FORMAT, "%s: the tokenizer has %lld tokens, the model embeds %lld",
+                        model_path, (long long)(*out)->vocab, (long long)vocab);
+            sm_tokenizer_free(*out);
+            *out = NULL;
+        }
+    }
     return s;
 }
 
@@ -223,6 +307,7 @@ int32_t sm_tokenizer_eos(const sm_tokenizer *t) {
 
 const char *sm_tokenizer_decode(const sm_tokenizer *t, int32_t prev, int32_t id, size_t *len) {
     *len = 0;
+    if (t->bpe) return sm_bpe_decode(t->bpe, prev < 0 || prev == t->bos, id, len);
     if (id < 0 || id >= t->vocab) return "";
     if (t->byte_level) {
         *len = 1;
@@ -303,6 +388,7 @@ sm_status sm_tokenizer_encode(const sm_tokenizer *t, const char *text, size_t le
                               int32_t **ids_out, int64_t *n_out) {
     *ids_out = NULL;
     *n_out = 0;
+    if (t->bpe) return sm_bpe_encode(t->bpe, add_bos ? t->bos : -1, text, len, ids_out, n_out);
     if (!text && len) return sm_fail(SM_ERR_ARG, "encode: no text");
     // Symbols: at most one per byte, the " " prefix and BOS.
     int64_t cap = (int64_t)len + 2;
