@@ -435,6 +435,132 @@ static void seeds_llama2c(seeds *s) {
     free(p);
 }
 
+// --- GGUF (fuzz_gguf.c) -----------------------------------------------------------------------
+
+static void add_u32(bytes *b, uint32_t v) {
+    add(b, &v, 4);
+}
+static void add_u64(bytes *b, uint64_t v) {
+    add(b, &v, 8);
+}
+static void add_gstr(bytes *b, const char *str) {
+    add_u64(b, strlen(str));
+    adds(b, str);
+}
+static void add_gkey(bytes *b, const char *key, uint32_t type) {
+    add_gstr(b, key);
+    add_u32(b, type);
+}
+
+// A one-layer llama GGUF (dim 32, 2 heads of 16, 1 KV head, hidden 32, vocab 16) whose matrices
+// are of type qtype (0 F32 or 8 Q8_0), with a gpt2 (spm false) or llama (spm true) vocabulary.
+static void gguf_seed(seeds *s, const char *name, uint32_t qtype, bool spm, bool tied) {
+    enum { D = 32, H = 32, V = 16 };
+    static const char *const toks[V] = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "ab",
+                                        "abc", "\xc4\xa0", "<s>", "</s>", "x", "y"};
+    static const char *const lin[7] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                       "ffn_gate", "ffn_up", "ffn_down"};
+    const int64_t shape[7][2] = {{D, D}, {16, D}, {16, D}, {D, D}, {H, D}, {H, D}, {D, H}};
+    struct {
+        char name[32];
+        int64_t rows, cols;
+        uint32_t type;
+    } t[12];
+    int nt = 0;
+#define T(nm, r, c, ty) (snprintf(t[nt].name, 32, "%s", nm), t[nt].rows = r, t[nt].cols = c, t[nt++].type = ty)
+    T("token_embd.weight", V, D, qtype);
+    T("output_norm.weight", 0, D, 0);
+    if (!tied) T("output.weight", V, D, qtype);
+    T("blk.0.attn_norm.weight", 0, D, 0);
+    T("blk.0.ffn_norm.weight", 0, D, 0);
+    for (int k = 0; k < 7; k++) {
+        char nm[32];
+        snprintf(nm, sizeof nm, "blk.0.%s.weight", lin[k]);
+        T(nm, shape[k][0], shape[k][1], qtype);
+    }
+#undef T
+    bytes b = {0};
+    adds(&b, "GGUF");
+    add_u32(&b, 3);
+    add_u64(&b, (uint64_t)nt);
+    add_u64(&b, 14);
+    add_gkey(&b, "general.architecture", 8), add_gstr(&b, "llama");
+    add_gkey(&b, "llama.embedding_length", 4), add_u32(&b, D);
+    add_gkey(&b, "llama.block_count", 4), add_u32(&b, 1);
+    add_gkey(&b, "llama.feed_forward_length", 4), add_u32(&b, H);
+    add_gkey(&b, "llama.attention.head_count", 4), add_u32(&b, 2);
+    add_gkey(&b, "llama.attention.head_count_kv", 4), add_u32(&b, 1);
+    add_gkey(&b, "llama.context_length", 4), add_u32(&b, 64);
+    add_gkey(&b, "llama.attention.layer_norm_rms_epsilon", 6), add_f32(&b, 1e-5f);
+    add_gkey(&b, "tokenizer.ggml.model", 8), add_gstr(&b, spm ? "llama" : "gpt2");
+    add_gkey(&b, "tokenizer.ggml.tokens", 9), add_u32(&b, 8), add_u64(&b, V);
+    for (int i = 0; i < V; i++) add_gstr(&b, toks[i]);
+    add_gkey(&b, "tokenizer.ggml.scores", 9), add_u32(&b, 6), add_u64(&b, V);
+    for (int i = 0; i < V; i++) add_f32(&b, -(float)i);
+    add_gkey(&b, "tokenizer.ggml.token_type", 9), add_u32(&b, 5), add_u64(&b, V);
+    for (int i = 0; i < V; i++) add_i32(&b, i == 12 || i == 13 ? 3 : 1);
+    add_gkey(&b, "tokenizer.ggml.merges", 9), add_u32(&b, 8), add_u64(&b, 2);
+    add_gstr(&b, "a b"), add_gstr(&b, "ab c");
+    add_gkey(&b, "tokenizer.ggml.bos_token_id", 4), add_u32(&b, 12);
+    uint64_t off = 0;
+    size_t nbytes[12];
+    for (int i = 0; i < nt; i++) {
+        int64_t n = (t[i].rows ? t[i].rows : 1) * t[i].cols;
+        nbytes[i] = t[i].type == 8 ? (size_t)(n / 32 * 34) : (size_t)n * 4;
+        add_gstr(&b, t[i].name);
+        add_u32(&b, t[i].rows ? 2 : 1);
+        add_u64(&b, (uint64_t)t[i].cols);
+        if (t[i].rows) add_u64(&b, (uint64_t)t[i].rows);
+        add_u32(&b, t[i].type);
+        add_u64(&b, off);
+        off += (nbytes[i] + 31) / 32 * 32;
+    }
+    while (b.n % 32) add(&b, "", 1);
+    uint32_t seed = 7;
+    for (int i = 0; i < nt; i++) {
+        int64_t n = (t[i].rows ? t[i].rows : 1) * t[i].cols;
+        float *x = malloc((size_t)n * sizeof *x);
+        fill(x, n, seed++);
+        if (!t[i].rows)
+            for (int64_t j = 0; j < n; j++) x[j] += 1; // norms near 1
+        if (t[i].type == 8) {
+            for (int64_t blk = 0; blk < n / 32; blk++) { // d = 1/127, q = round(127 x)
+                uint16_t d = sm_f32_to_f16(1.0f / 127);
+                add(&b, &d, 2);
+                for (int j = 0; j < 32; j++) {
+                    int8_t q = (int8_t)(x[blk * 32 + j] * 127);
+                    add(&b, &q, 1);
+                }
+            }
+        } else {
+            add(&b, x, (size_t)n * 4);
+        }
+        while (b.n % 32) add(&b, "", 1);
+        free(x);
+    }
+    put(s, name, b.p, b.n);
+    // The same file cut short: refused.
+    char cut[64];
+    snprintf(cut, sizeof cut, "bad-%s-cut", name);
+    put(s, cut, b.p, b.n - 40);
+    free(b.p);
+}
+
+static void seeds_gguf(seeds *s) {
+    gguf_seed(s, "llama-f32-gpt2", 0, false, false);
+    gguf_seed(s, "llama-q8_0-spm-tied", 8, true, true);
+    bytes b = {0};
+    adds(&b, "GGUF");
+    add_u32(&b, 3);
+    add_u64(&b, 0);
+    add_u64(&b, 1);
+    add_gkey(&b, "nested", 9), add_u32(&b, 9), add_u64(&b, 2);
+    add_u32(&b, 8), add_u64(&b, 1), add_gstr(&b, "x");
+    add_u32(&b, 4), add_u64(&b, 2), add_u32(&b, 1), add_u32(&b, 2);
+    put(s, "nested-arrays", b.p, b.n);
+    free(b.p);
+}
+
 // --- tokenizer.bin
 // -----------------------------------------------------------------------------------
 

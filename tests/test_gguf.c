@@ -64,7 +64,7 @@ static void pad(buf *b, size_t align) {
 
 static void write_file(const buf *b) {
     FILE *f = fopen(g_path, "wb");
-    fwrite(b->p, 1, b->n, f);
+    if (b->n) fwrite(b->p, 1, b->n, f);
     fclose(f);
 }
 

@@ -329,6 +329,43 @@ static sm_status load_weights(const gg_ctx *c, sm_model *m) {
     return SM_OK;
 }
 
+static sm_status expect(const gg_ctx *c, const char *name, int ndim, int64_t d0, int64_t d1) {
+    const sm_gguf_tensor *t = find(c, name);
+    return t ? check_shape(c, t, ndim, d0, d1) : SM_ERR_NOT_FOUND;
+}
+
+// Every tensor the model needs is present with its shape before anything is allocated for the
+// sizes the metadata claims: they are then bounded by the file's own contents.
+static sm_status check_tensors(const gg_ctx *c, const sm_model_info *f) {
+    int64_t D = f->dim, H = f->hidden_dim, q = f->n_heads * f->head_dim;
+    int64_t kv = f->n_kv_heads * f->head_dim;
+    static const char *const lin[SM_LIN_PER_LAYER] = {
+        "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    const int64_t shape[SM_LIN_PER_LAYER][2] = {{q, D}, {kv, D}, {kv, D}, {D, q},
+                                                {H, D}, {H, D},  {D, H}};
+    char name[96];
+    sm_status s;
+    if ((s = expect(c, "token_embd.weight", 2, f->vocab_size, D)) != SM_OK ||
+        (s = expect(c, "output_norm.weight", 1, D, 0)) != SM_OK ||
+        (!f->tied && (s = expect(c, "output.weight", 2, f->vocab_size, D)) != SM_OK))
+        return s;
+    for (int64_t l = 0; l < f->n_layers; l++) {
+        for (int k = 0; k < SM_LIN_PER_LAYER; k++) {
+            snprintf(name, sizeof name, "blk.%lld.%s.weight", (long long)l, lin[k]);
+            if ((s = expect(c, name, 2, shape[k][0], shape[k][1])) != SM_OK) return s;
+        }
+        for (int k = 0; k < 3 && f->qkv_bias; k++) {
+            snprintf(name, sizeof name, "blk.%lld.%s.bias", (long long)l, lin[k]);
+            if ((s = expect(c, name, 1, k ? kv : q, 0)) != SM_OK) return s;
+        }
+        snprintf(name, sizeof name, "blk.%lld.attn_norm.weight", (long long)l);
+        if ((s = expect(c, name, 1, D, 0)) != SM_OK) return s;
+        snprintf(name, sizeof name, "blk.%lld.ffn_norm.weight", (long long)l);
+        if ((s = expect(c, name, 1, D, 0)) != SM_OK) return s;
+    }
+    return SM_OK;
+}
+
 sm_status sm_model_load_gguf(const char *path, sm_model **out) {
     *out = NULL;
     sm_gguf *g = NULL;
@@ -348,6 +385,7 @@ sm_status sm_model_load_gguf(const char *path, sm_model **out) {
         s = check_extras(&c);
     }
     if (s == SM_OK) s = read_info(&c, &info);
+    if (s == SM_OK) s = check_tensors(&c, &info);
     if (s == SM_OK) s = sm_model_alloc(&info, &m);
     if (s == SM_OK) s = load_weights(&c, m);
     if (s == SM_OK) s = sm_model_finish(m);
