@@ -30,10 +30,11 @@ $(BUILD)/Makefile: CMakeLists.txt | deps
 $(BUILD)/structmat: deps $(BUILD)/Makefile FORCE
 	@cmake --build $(BUILD) -j $(JOBS)
 
-demo: $(BUILD)/structmat
-	$(BUILD)/structmat inspect $(MODEL)
-	$(BUILD)/structmat fit $(MODEL) --all --spec lowrank:ratio=0.5
-	$(BUILD)/structmat fit $(MODEL) --all --spec monarch:blocks=4,ratio=0.5
+# The model compressed to 4 and 2.5 bits per weight, side by side with the dense one (tools/demo.sh);
+# only the program is built, not the tests.
+demo: deps $(BUILD)/Makefile
+	@cmake --build $(BUILD) -j $(JOBS) --target structmat_cli
+	tools/demo.sh $(BUILD)/structmat $(BUILD)/demo
 
 test: test-deps $(BUILD)/structmat
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
