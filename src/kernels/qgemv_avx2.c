@@ -80,15 +80,15 @@ static inline __attribute__((always_inline)) void qgemv_rows(int B, const sm_qvi
                                                              const float *xp, float *y,
                                                              int64_t r0, int64_t r1) {
     const int64_t G = q->group, ng = q->cols / G, nst = G / 16, sbytes = 2 * B;
-    const int64_t nzb = ng; // zero points are read by the scalar definition
-    float sb[GB], szb[GB];
+    float sb[GB], szb[GB]; // a chunk of groups' scales and scale * zero (zero points read by
+                           // the scalar definition: one per group, off the hot loop)
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *p = q->codes + (size_t)r * q->rb;
         const uint16_t *sc = q->scales + r * ng;
         const uint8_t *zr = q->zeros ? q->zeros + (size_t)r * q->zb : NULL;
         const float *xc = xp;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        for (int64_t gb = 0; gb < nzb; gb += GB) {
+        for (int64_t gb = 0; gb < ng; gb += GB) {
             int64_t gn = ng - gb < GB ? ng - gb : GB;
             for (int64_t g = 0; g < gn; g++) {
                 float s = _cvtsh_ss(sc[gb + g]);
