@@ -11,6 +11,10 @@
 //
 // Sign matrices: bit c of a row (byte c / 8, bit c % 8, rows on fresh bytes) is 1 for +1 and 0
 // for -1 (sign(0) = +1, DESIGN.md).
+//
+// The vector kernels may read up to 16 bytes past the last code of a matrix (a whole vector of
+// codes): buffers of codes and zero points must be readable that far (sm_qmat over-allocates
+// them by SM_QPAD = 64 zeroed bytes). Sign matrices are read only within their rows.
 #ifndef SM_QKERNELS_H
 #define SM_QKERNELS_H
 
