@@ -310,6 +310,9 @@ static void test_kernels(void) {
                 for (int64_t c = 0; c < n; c++) xo[c] = 0.25f;
                 k->bitmap_gemv_t(rows, n, mask, vals, y, xo);
                 check_close(what, xo, xrf, n, 1e-5);
+                for (int64_t c = 0; c < n; c++) xo[c] = 0.25f, xrf[c] = (float)(0.25 - 1.5 * x[c]);
+                k->axpy(n, -1.5f, x, xo);
+                check_close(what, xo, xrf, n, 1e-6);
             }
         }
 }

@@ -517,11 +517,8 @@ static void sparse_apply(const sm_op *op, int64_t N, const float *X, float *Y, f
         for (int64_t j = 0; j < n; j++) Xt[j * N + b] = X[b * n + j];
     for (int64_t i = 0; i < m; i++) {
         memset(acc, 0, (size_t)N * sizeof(float));
-        for (int32_t q = s->indptr[i]; q < s->indptr[i + 1]; q++) {
-            const float *xr = Xt + (int64_t)(s->idx16 ? s->idx16[q] : s->idx32[q]) * N;
-            float v = s->values[q];
-            for (int64_t b = 0; b < N; b++) acc[b] += v * xr[b];
-        }
+        for (int32_t q = s->indptr[i]; q < s->indptr[i + 1]; q++)
+            k->axpy(N, s->values[q], Xt + (int64_t)(s->idx16 ? s->idx16[q] : s->idx32[q]) * N, acc);
         for (int64_t b = 0; b < N; b++) Y[b * m + i] = acc[b];
     }
 }
@@ -561,11 +558,8 @@ static void sparse_apply_t(const sm_op *op, int64_t N, const float *Y, float *X,
     memset(Xt, 0, (size_t)(n * N) * sizeof(float));
     for (int64_t i = 0; i < m; i++) {
         const float *yr = Yt + i * N;
-        for (int32_t q = s->indptr[i]; q < s->indptr[i + 1]; q++) {
-            float *xr = Xt + (int64_t)(s->idx16 ? s->idx16[q] : s->idx32[q]) * N;
-            float v = s->values[q];
-            for (int64_t b = 0; b < N; b++) xr[b] += v * yr[b];
-        }
+        for (int32_t q = s->indptr[i]; q < s->indptr[i + 1]; q++)
+            k->axpy(N, s->values[q], yr, Xt + (int64_t)(s->idx16 ? s->idx16[q] : s->idx32[q]) * N);
     }
     for (int64_t b = 0; b < N; b++)
         for (int64_t j = 0; j < n; j++) X[b * n + j] = Xt[j * N + b];

@@ -54,6 +54,10 @@ static void csr32_gemv_ref(int64_t rows, const int32_t *indptr, const int32_t *i
     }
 }
 
+static void axpy_ref(int64_t n, float a, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 static sm_sparse_kernels g_tables[3];
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -65,6 +69,7 @@ static void init_tables(void) {
         .bitmap_decode = bitmap_decode_ref,
         .csr16_gemv = csr16_gemv_ref,
         .csr32_gemv = csr32_gemv_ref,
+        .axpy = axpy_ref,
     };
     g_tables[SM_ISA_AVX2] = g_tables[SM_ISA_SCALAR];
     if (best >= SM_ISA_AVX2) sm_sparse_kernels_init_avx2(&g_tables[SM_ISA_AVX2]);

@@ -29,6 +29,8 @@ typedef struct sm_sparse_kernels {
                        const float *x, float *y);
     void (*csr32_gemv)(int64_t rows, const int32_t *indptr, const int32_t *idx, const float *vals,
                        const float *x, float *y);
+    // y (n) += a x: the CSR batch paths scale rows of N (the plain loop stays scalar at -O2).
+    void (*axpy)(int64_t n, float a, const float *x, float *y);
 } sm_sparse_kernels;
 
 const sm_sparse_kernels *sm_sparse_kernels_get(void);       // for sm_isa_active()

@@ -116,7 +116,17 @@ static void csr32_gemv(int64_t rows, const int32_t *indptr, const int32_t *idx, 
     }
 }
 
+static void axpy(int64_t n, float a, const float *x, float *y) {
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i,
+                         _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 void sm_sparse_kernels_init_avx2(sm_sparse_kernels *k) {
+    k->axpy = axpy;
     pthread_once(&g_once, init_lut);
     k->bitmap_gemv = bitmap_gemv;
     k->bitmap_gemv_t = bitmap_gemv_t;

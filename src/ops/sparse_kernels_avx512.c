@@ -116,7 +116,22 @@ static void csr32_gemv(int64_t rows, const int32_t *indptr, const int32_t *idx, 
     }
 }
 
+static void axpy(int64_t n, float a, const float *x, float *y) {
+    __m512 va = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i,
+                         _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        __m512 r =
+            _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i));
+        _mm512_mask_storeu_ps(y + i, k, r);
+    }
+}
+
 void sm_sparse_kernels_init_avx512(sm_sparse_kernels *k) {
+    k->axpy = axpy;
     k->bitmap_gemv = bitmap_gemv;
     k->bitmap_gemv_t = bitmap_gemv_t;
     k->bitmap_decode = bitmap_decode;
