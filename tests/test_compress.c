@@ -177,6 +177,7 @@ static void planned_model(void) {
     CHECK_FAIL(sm_compress_write(c, tmp_path("out"), false), SM_ERR_EXISTS, "exists");
     CHECK(stat(tmp_path("out/model.safetensors"), &sb1) == 0 && sb1.st_ino == sb0.st_ino);
     CHECK_OK(sm_compress_write(c, tmp_path("out"), true));
+    for (int i = 0; i < 64; i++) sm_op_free(k.ops[i]), k.ops[i] = NULL; // kept again
 
     // Curves: the same choice from the saved ladder; another method list is refused.
     sm_compress *c2 = NULL;
