@@ -10,6 +10,7 @@
 #include "testutil.h"
 
 #include <stdint.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char g_path[64];
@@ -442,6 +443,142 @@ static void test_model_refusals(void) {
     free(b.p);
 }
 
+// --- a tiny model both as a Hugging Face directory and as GGUF: the same logits ---------------
+
+// Rows of w (rows, cols) in llama.cpp's order for heads of hd rows: GGUF row h hd + 2i + a is
+// Hugging Face row h hd + a hd/2 + i (convert_hf_to_gguf.py's permute).
+static void permute_rows(const float *w, float *out, int64_t rows, int64_t cols, int64_t hd) {
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t h = r / hd, k = r % hd, i = k / 2, a = k % 2;
+        memcpy(out + r * cols, w + (h * hd + a * hd / 2 + i) * cols, (size_t)cols * sizeof *w);
+    }
+}
+
+// arch "llama" (q/k rows and biases permuted in the GGUF) or "qwen2"; tied embeddings; q/k/v
+// biases; one layer, dim 32, 2 heads of 16, 1 KV head, hidden 64, vocab 40.
+static void test_tiny_model(const char *arch) {
+    enum { D = 32, HD = 16, NH = 2, NKV = 1, FF = 64, V = 40 };
+    char dir[128], file[160];
+    snprintf(dir, sizeof dir, "%s.d", g_path);
+    mkdir(dir, 0755);
+    struct {
+        const char *hf, *gg;
+        int64_t r, c, perm; // perm: heads' row count to permute in the GGUF (0: none)
+    } t[] = {
+        {"model.embed_tokens.weight", "token_embd.weight", V, D, 0},
+        {"model.norm.weight", "output_norm.weight", 0, D, 0},
+        {"model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight", 0, D, 0},
+        {"model.layers.0.post_attention_layernorm.weight", "blk.0.ffn_norm.weight", 0, D, 0},
+        {"model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight", NH * HD, D, HD},
+        {"model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight", NKV * HD, D, HD},
+        {"model.layers.0.self_attn.v_proj.weight", "blk.0.attn_v.weight", NKV * HD, D, 0},
+        {"model.layers.0.self_attn.o_proj.weight", "blk.0.attn_output.weight", D, NH * HD, 0},
+        {"model.layers.0.mlp.gate_proj.weight", "blk.0.ffn_gate.weight", FF, D, 0},
+        {"model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight", FF, D, 0},
+        {"model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight", D, FF, 0},
+        {"model.layers.0.self_attn.q_proj.bias", "blk.0.attn_q.bias", 0, NH * HD, HD},
+        {"model.layers.0.self_attn.k_proj.bias", "blk.0.attn_k.bias", 0, NKV * HD, HD},
+        {"model.layers.0.self_attn.v_proj.bias", "blk.0.attn_v.bias", 0, NKV * HD, 0},
+    };
+    enum { NT = sizeof t / sizeof t[0] };
+    bool llama = !strcmp(arch, "llama");
+    float *w[NT];
+    sm_st_writer *sw = sm_st_writer_init();
+    buf b = {0};
+    header(&b, 3, NT, 9);
+    key(&b, "general.architecture", SM_GGUF_STRING), str(&b, arch);
+    char k[64];
+#define ARCH_U32(name, v)                                                                          \
+    (snprintf(k, sizeof k, "%s." name, arch), key(&b, k, SM_GGUF_U32), u32(&b, v))
+    ARCH_U32("embedding_length", D);
+    ARCH_U32("block_count", 1);
+    ARCH_U32("feed_forward_length", FF);
+    ARCH_U32("attention.head_count", NH);
+    ARCH_U32("attention.head_count_kv", NKV);
+    ARCH_U32("context_length", 64);
+#undef ARCH_U32
+    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", arch);
+    key(&b, k, SM_GGUF_F32), f32(&b, 1e-6f);
+    snprintf(k, sizeof k, "%s.rope.freq_base", arch);
+    key(&b, k, SM_GGUF_F32), f32(&b, 5000.0f);
+    uint64_t off = 0;
+    for (int i = 0; i < NT; i++) {
+        int64_t n = (t[i].r ? t[i].r : 1) * t[i].c;
+        w[i] = malloc((size_t)n * sizeof(float));
+        fill_random(w[i], n, 100u + (unsigned)i);
+        bool norm = strstr(t[i].hf, "norm") != NULL;
+        for (int64_t j = 0; j < n && !t[i].r; j++) // norms near 1, biases small
+            w[i][j] = norm ? 1.0f + 0.3f * w[i][j] : 0.2f * w[i][j];
+        int64_t shape[2] = {t[i].r ? t[i].r : t[i].c, t[i].c};
+        sm_st_writer_add(sw, t[i].hf, SM_DTYPE_F32, t[i].r ? 2 : 1, shape, w[i],
+                         (size_t)n * sizeof(float));
+        str(&b, t[i].gg);
+        u32(&b, t[i].r ? 2 : 1);
+        u64(&b, (uint64_t)t[i].c);
+        if (t[i].r) u64(&b, (uint64_t)t[i].r);
+        u32(&b, SM_GGML_F32);
+        u64(&b, off);
+        off += ((uint64_t)n * 4 + 31) / 32 * 32;
+    }
+    pad(&b, 32);
+    for (int i = 0; i < NT; i++) {
+        int64_t rows = t[i].r ? t[i].r : t[i].c, cols = t[i].r ? t[i].c : 1;
+        float *p = malloc((size_t)(rows * cols) * sizeof *p);
+        if (llama && t[i].perm)
+            permute_rows(w[i], p, rows, cols, t[i].perm);
+        else
+            memcpy(p, w[i], (size_t)(rows * cols) * sizeof *p);
+        put(&b, p, (size_t)(rows * cols) * sizeof *p);
+        pad(&b, 32);
+        free(p);
+    }
+    snprintf(file, sizeof file, "%s/model.safetensors", dir);
+    CHECK_OK(sm_st_writer_write(sw, file, true));
+    sm_st_writer_free(sw);
+    snprintf(file, sizeof file, "%s/config.json", dir);
+    FILE *f = fopen(file, "w");
+    fprintf(f,
+            "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"%s\", "
+            "\"hidden_size\": %d, \"intermediate_size\": %d, \"num_hidden_layers\": 1, "
+            "\"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"hidden_act\": \"silu\", "
+            "\"rms_norm_eps\": 1e-6, \"rope_theta\": 5000.0, \"max_position_embeddings\": 64, "
+            "\"vocab_size\": %d, \"tie_word_embeddings\": true}",
+            arch, D, FF, NH, NKV, V);
+    fclose(f);
+    write_file(&b);
+    free(b.p);
+    sm_model *mh = NULL, *mg = NULL;
+    CHECK_OK(sm_model_load(dir, &mh));
+    CHECK_OK(sm_model_load(g_path, &mg));
+    if (mh && mg) {
+        sm_model_info a, c;
+        sm_model_get_info(mh, &a);
+        sm_model_get_info(mg, &c);
+        CHECK(c.tied && c.qkv_bias && !strcmp(c.format, "gguf") && c.rope_layout == SM_ROPE_HALF);
+        CHECK(a.rope_theta == c.rope_theta && fabs(c.rms_eps - 1e-6) < 1e-12);
+        int32_t ids[6] = {3, 17, 39, 0, 22, 5};
+        float *la = malloc(6 * V * sizeof *la), *lc = malloc(6 * V * sizeof *lc);
+        sm_context *ca = NULL, *cc = NULL;
+        CHECK_OK(sm_context_init(mh, 16, 0, &ca));
+        CHECK_OK(sm_context_init(mg, 16, 0, &cc));
+        if (ca && cc) {
+            CHECK_OK(sm_context_forward(ca, ids, 6, SM_LOGITS_ALL, la));
+            CHECK_OK(sm_context_forward(cc, ids, 6, SM_LOGITS_ALL, lc));
+            CHECK(check_close(arch, lc, la, 6 * V, 1e-4) == 0);
+        }
+        sm_context_free(ca);
+        sm_context_free(cc);
+        free(la);
+        free(lc);
+    }
+    sm_model_free(mh);
+    sm_model_free(mg);
+    for (int i = 0; i < NT; i++) free(w[i]);
+    snprintf(file, sizeof file, "rm -rf %s", dir);
+    if (system(file)) {
+    }
+}
+
 int main(void) {
     // Thousands of small files are written: on /dev/shm when there is one.
     snprintf(g_path, sizeof g_path, "%s/sm_test_gguf_%d.gguf",
@@ -450,6 +587,8 @@ int main(void) {
     test_valid(2);
     test_hostile();
     test_model_refusals();
+    test_tiny_model("llama");
+    test_tiny_model("qwen2");
     unlink(g_path);
     TEST_END();
 }
