@@ -579,6 +579,114 @@ static void test_tiny_model(const char *arch) {
     }
 }
 
+// --- the ggml operator: apply and apply_t against its own dense matrix in double -------------
+
+static void check_apply(const sm_op *op, const char *what) {
+    int64_t m = sm_op_rows(op), n = sm_op_cols(op);
+    float *W = malloc((size_t)(m * n) * sizeof *W);
+    CHECK_OK(sm_op_to_dense(op, W));
+    for (int64_t N = 1; N <= 5; N += 4) {
+        float *X = malloc((size_t)(N * n) * sizeof *X), *Y = malloc((size_t)(N * m) * sizeof *Y);
+        float *Yr = malloc((size_t)(N * m) * sizeof *Yr), *Xt = malloc((size_t)(N * n) * 4);
+        float *Xr = malloc((size_t)(N * n) * sizeof *Xr), *Yin = malloc((size_t)(N * m) * 4);
+        fill_random(X, N * n, 5);
+        fill_random(Yin, N * m, 6);
+        for (int64_t r = 0; r < N; r++) {
+            for (int64_t i = 0; i < m; i++) {
+                double acc = 0;
+                for (int64_t j = 0; j < n; j++) acc += (double)X[r * n + j] * W[i * n + j];
+                Yr[r * m + i] = (float)acc;
+            }
+            for (int64_t j = 0; j < n; j++) {
+                double acc = 0;
+                for (int64_t i = 0; i < m; i++) acc += (double)Yin[r * m + i] * W[i * n + j];
+                Xr[r * n + j] = (float)acc;
+            }
+        }
+        CHECK_OK(sm_op_apply(op, N, X, Y, NULL));
+        CHECK_OK(sm_op_apply_t(op, N, Yin, Xt, NULL));
+        CHECK(check_close(what, Y, Yr, N * m, 1e-5) == 0);
+        CHECK(check_close(what, Xt, Xr, N * n, 1e-5) == 0);
+        free(X), free(Y), free(Yr), free(Xt), free(Xr), free(Yin);
+    }
+    free(W);
+}
+
+static void test_ggml_op(void) {
+    // 300 rows of 256: two tiles of decoded rows.
+    int64_t m = 300, n = 256;
+    float *W = malloc((size_t)(m * n) * sizeof *W);
+    fill_random(W, m * n, 11);
+    const char *specs[] = {"ggml:type=q8_0", "ggml:type=q4_0", "ggml:type=q5_1"};
+    for (int k = 0; k < 3; k++) {
+        sm_op *op = NULL;
+        CHECK_OK(sm_op_fit(W, m, n, specs[k], NULL, &op));
+        if (!op) continue;
+        check_apply(op, specs[k]);
+        // Its parts rebuild it exactly.
+        sm_part *parts;
+        int np;
+        CHECK_OK(sm_op_parts(op, &parts, &np));
+        sm_op *back = NULL;
+        CHECK_OK(sm_op_from_parts(specs[k], m, n, parts, np, &back));
+        if (back) {
+            sm_part *p2;
+            int n2;
+            CHECK_OK(sm_op_parts(back, &p2, &n2));
+            CHECK(n2 == 1 && !memcmp(p2[0].data, parts[0].data, parts[0].nbytes));
+            free(p2);
+            sm_op_free(back);
+        }
+        free(parts);
+        sm_op_free(op);
+    }
+    // K quants are loaded, not fitted: random Q4_K and Q6_K blocks with finite scales.
+    const struct {
+        const char *spec;
+        int bytes, scale_at;
+    } kq[] = {{"ggml:type=q4_k", 144, 0}, {"ggml:type=q6_k", 210, 208}};
+    for (int k = 0; k < 2; k++) {
+        size_t nb = (size_t)(m * (n / 256) * kq[k].bytes);
+        uint8_t *blocks = malloc(nb);
+        uint64_t r = 12345;
+        for (size_t i = 0; i < nb; i++)
+            r = r * 6364136223846793005ull + 1, blocks[i] = (uint8_t)(r >> 56);
+        for (int64_t blk = 0; blk < m * (n / 256); blk++) {
+            uint16_t d = h(0.01f), dm = h(0.002f);
+            memcpy(blocks + blk * kq[k].bytes + kq[k].scale_at, &d, 2);
+            if (kq[k].scale_at == 0) memcpy(blocks + blk * kq[k].bytes + 2, &dm, 2);
+        }
+        sm_part p = {.name = "blocks",
+                     .dtype = SM_DTYPE_U8,
+                     .ndim = 2,
+                     .shape = {m, n / 256 * kq[k].bytes},
+                     .data = blocks,
+                     .nbytes = nb};
+        sm_op *op = NULL;
+        CHECK_OK(sm_op_from_parts(kq[k].spec, m, n, &p, 1, &op));
+        if (op) {
+            CHECK(sm_op_nbytes(op) == (int64_t)nb && sm_op_nparams(op) == m * n);
+            check_apply(op, kq[k].spec);
+            sm_op_free(op);
+        }
+        // A NaN scale is refused, naming the block; so are wrong sizes and fitting K quants.
+        uint16_t nan = 0x7e00;
+        memcpy(blocks + 5 * kq[k].bytes + kq[k].scale_at, &nan, 2);
+        CHECK_FAIL(sm_op_from_parts(kq[k].spec, m, n, &p, 1, &op), SM_ERR_NUMERIC, "block 5");
+        p.nbytes--;
+        CHECK_FAIL(sm_op_from_parts(kq[k].spec, m, n, &p, 1, &op), SM_ERR_FORMAT,
+                   "part \"blocks\"");
+        free(blocks);
+        CHECK_FAIL(sm_op_fit(W, m, n, kq[k].spec, NULL, &op), SM_ERR_UNSUPPORTED,
+                   "only loaded from GGUF");
+    }
+    sm_op *op = NULL;
+    CHECK_FAIL(sm_op_fit(W, 10, 33, "ggml:type=q8_0", NULL, &op), SM_ERR_SHAPE, "whole 32");
+    CHECK_FAIL(sm_op_fit(W, 10, 32, "ggml:type=f16", NULL, &op), SM_ERR_SPEC, "not a block type");
+    CHECK_FAIL(sm_op_fit(W, 10, 32, "ggml", NULL, &op), SM_ERR_SPEC, "type=T is required");
+    free(W);
+}
+
 int main(void) {
     // Thousands of small files are written: on /dev/shm when there is one.
     snprintf(g_path, sizeof g_path, "%s/sm_test_gguf_%d.gguf",
@@ -589,6 +697,7 @@ int main(void) {
     test_model_refusals();
     test_tiny_model("llama");
     test_tiny_model("qwen2");
+    test_ggml_op();
     unlink(g_path);
     TEST_END();
 }
