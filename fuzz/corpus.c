@@ -467,7 +467,8 @@ static void gguf_seed(seeds *s, const char *name, uint32_t qtype, bool spm, bool
         uint32_t type;
     } t[12];
     int nt = 0;
-#define T(nm, r, c, ty) (snprintf(t[nt].name, 32, "%s", nm), t[nt].rows = r, t[nt].cols = c, t[nt++].type = ty)
+#define T(nm, r, c, ty)                                                                            \
+    (snprintf(t[nt].name, 32, "%s", nm), t[nt].rows = r, t[nt].cols = c, t[nt++].type = ty)
     T("token_embd.weight", V, D, qtype);
     T("output_norm.weight", 0, D, 0);
     if (!tied) T("output.weight", V, D, qtype);
