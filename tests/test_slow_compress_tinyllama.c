@@ -146,10 +146,12 @@ static long vm_hwm_kb(void) {
     return kb;
 }
 
+static long vm_hwm_kb(void);
+
 static bool progress(void *user, const sm_compress_event *ev) {
     if (ev->index % 10 == 0 || ev->index + 1 == ev->count)
-        fprintf(stderr, "phase %d: %d/%d %s %.1f s\n", ev->phase, ev->index + 1, ev->count,
-                ev->name, ev->seconds);
+        fprintf(stderr, "phase %d: %d/%d %s %.1f s, VmHWM so far %.0f MB\n", ev->phase,
+                ev->index + 1, ev->count, ev->name, ev->seconds, vm_hwm_kb() / 1024.0);
     return true;
 }
 

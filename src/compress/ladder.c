@@ -8,8 +8,9 @@
 //   onebit    sign bits + rank-1 magnitudes
 //   bitstack  k = m n / (64 (m + n)) (a level costs about 1.25 bpw), 6 levels: every prefix
 //   lowrank   ranks whose parameters are 1/64 .. 3/4 of m n, factors in F16, Q8, Q4, all from
-//             one SVD (activation-aware with statistics); from 4M weights on 1/16 .. 1/2 in
-//             Q8 and Q4
+//             one SVD (activation-aware with statistics); from 4M weights on 1/16, 1/8, 1/4
+//             in Q8 and Q4 (the SVD of a larger rank costs more than all the rest of the
+//             matrix's ladder, and such low-rank forms are not chosen below 4 bpw)
 //   monarch   4 blocks, ratio 1/4 and 1/2, factors Q8 and Q4
 //   blast     4 blocks, ratio 1/4 and 1/2, factors Q8 and Q4 (100 iterations)
 //   blockdiag 2 and 4 blocks, Q8 and Q4
@@ -156,9 +157,9 @@ sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool
     if (ON(SM_M_LOWRANK)) {
         static const double ratios[] = {1.0 / 64, 1.0 / 32, 1.0 / 16, 1.0 / 8, 3.0 / 16,
                                         1.0 / 4,  3.0 / 8,  1.0 / 2,  3.0 / 4};
-        static const double big_ratios[] = {1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0 / 2};
+        static const double big_ratios[] = {1.0 / 16, 1.0 / 8, 1.0 / 4};
         int64_t ranks[16];
-        int nr = big ? ranks_of(m, n, big_ratios, 4, ranks) : ranks_of(m, n, ratios, 9, ranks);
+        int nr = big ? ranks_of(m, n, big_ratios, 3, ranks) : ranks_of(m, n, ratios, 9, ranks);
         static const int st[] = {SM_STORE_F16, SM_STORE_Q8, SM_STORE_Q4};
         for (int r = 0; r < nr; r++)
             for (int s = big ? 1 : 0; s < 3; s++) {
