@@ -57,6 +57,7 @@ static inline bool model_layer(int l, int p, float **W, int64_t *m, int64_t *n, 
     char name[128];
     int64_t vm = 0, vn = 0, d = 0, len = 0;
     *W = *X = NULL;
+    *m = *n = *N = 0;
     snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, k_proj[p]);
     *W = read_matrix(MODEL_DIR, name, m, n);
     float *E = read_matrix(MODEL_DIR, "model.embed_tokens.weight", N, &d);
