@@ -229,8 +229,14 @@ ROWS(8)
 // against 24 for the table path.
 #define XQMAX 8323072.0f // 127 * 65536
 
+// Only these functions may use VNNI (the rest of the file runs on any AVX-512 CPU); clang ignores
+// GCC's target pragma, so it gets the equivalent attribute push.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512vnni")
+#endif
 
 // work: xd (cols / 128 blocks of 6 x 64 bytes), then xs (ng), then xsum (ng) = sum of xq.
 // Block b holds, for plane p = 0, 1, 2, the 16 dwords of the even columns (64 bytes) and of the
@@ -350,7 +356,11 @@ static void vnni_rows(const sm_qview *q, const float *work, float *y, int64_t r0
     for (; r < r1; r++) vnni_block(1, q, work, y, r);
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 static bool g_vnni;
 
