@@ -58,6 +58,10 @@ void bench_opts_init(bench_opts *o, bool quick) {
         o->fit_rank = 32;
         o->nfit_shapes = 1;
         o->fit_shapes[0][0] = 256, o->fit_shapes[0][1] = 256;
+        o->model_shape[0] = 64, o->model_shape[1] = 128, o->model_shape[2] = 2;
+        o->model_shape[3] = 4, o->model_shape[4] = 256;
+        o->prefill_tokens = 16;
+        o->decode_tokens = 4;
         return;
     }
     // DESIGN.md: bandwidth sweeps >= 1 GiB; N = 1 rotates over > 4x the L3, written for a 48 MiB
@@ -73,6 +77,12 @@ void bench_opts_init(bench_opts *o, bool quick) {
     o->nfit_shapes = 2;
     o->fit_shapes[0][0] = 1024, o->fit_shapes[0][1] = 1024;
     o->fit_shapes[1][0] = 4096, o->fit_shapes[1][1] = 4096;
+    // A ~110M-parameter Llama (TinyStories-110M-like shapes; 85M in the layers, 24.6M each in
+    // the embedding and the output head): 438 MB of F32 linear weights per decoded token.
+    o->model_shape[0] = 768, o->model_shape[1] = 2048, o->model_shape[2] = 12;
+    o->model_shape[3] = 12, o->model_shape[4] = 32000;
+    o->prefill_tokens = 128;
+    o->decode_tokens = 16;
 }
 
 bool bench_selected(const bench_opts *o, const char *name) {

@@ -29,6 +29,9 @@ typedef struct bench_opts {
     int64_t fit_rank;
     int nfit_shapes;
     int64_t fit_shapes[BENCH_MAX_SHAPES][2];
+    int64_t model_shape[5];  // synthetic model: dim, hidden_dim, n_layers, n_heads, vocab
+    int64_t prefill_tokens;  // T of the prefill line
+    int64_t decode_tokens;   // tokens per decode rep
 } bench_opts;
 
 // The default run, or the small one of --quick.
@@ -47,6 +50,11 @@ int bench_apply(const bench_opts *o, double bw_gbs);
 int bench_fit(const bench_opts *o);
 // Whether any apply result would be selected by the filter.
 bool bench_apply_selected(const bench_opts *o);
+// Model section (bench_model.c): decode and prefill of a synthetic dense F32 model; bw_gbs as
+// for bench_apply. Results are named "model decode d768 f2048 l12 h12 v32000" and "model
+// prefill ...". Returns the number of lines that failed (a forward error or non-finite logits).
+int bench_model(const bench_opts *o, double bw_gbs);
+bool bench_model_selected(const bench_opts *o);
 
 // One line naming the CPU, kernel level, threads, OpenBLAS build and the 1-minute load average
 // (other work on the machine is what makes timings noisy).

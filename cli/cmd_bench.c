@@ -18,14 +18,25 @@ static void usage(FILE *f) {
             "to_dense-then-GEMM (PASS/FAIL), and (3) fit time and error of lowrank:rank=256 with\n"
             "the exact and the randomized SVD at 1024x1024 and 4096x4096. N = 1 rotates over\n"
             "copies of the operator holding --working-set MiB so weights stream from DRAM.\n"
-            "Specs that cannot be fitted are reported as unavailable. The default run takes a\n"
-            "few minutes; progress goes to stderr.\n\n"
+            "Specs that cannot be fitted are reported as unavailable. (4) runs a synthetic dense\n"
+            "F32 Llama with random weights (--model-shape; default dim 768, ffn 2048, 12 layers,\n"
+            "12 heads, vocab 32000: ~110M parameters) through the model runtime: batch-1 decode\n"
+            "as GB/s of weight traffic per token against the bandwidth of (1), and a prefill of\n"
+            "T tokens as GFLOP/s against OpenBLAS sgemm on the same layer shapes. The default\n"
+            "run takes a few minutes; progress goes to stderr.\n\n"
             "options:\n"
             "  --quick            small shapes and working sets (a smoke test, seconds)\n"
             "  --filter SUBSTR    only results whose name contains SUBSTR; names are\n"
-            "                     \"bandwidth\", \"apply SPEC MxN N=K\", \"fit SPEC MxN\"\n"
+            "                     \"bandwidth\", \"apply SPEC MxN N=K\", \"fit SPEC MxN\",\n"
+            "                     \"model decode dD fF lL hH vV\", \"model prefill ...\"\n"
+            "  --model            only the model section (and the bandwidth it is set against)\n"
+            "  --model-shape D,F,L,H,V  synthetic model: dim, ffn, layers, heads, vocab\n"
+            "                     (default 768,2048,12,12,32000; --quick 64,128,2,4,256)\n"
+            "  --prefill-tokens T prefill batch (default 128; --quick 16)\n"
+            "  --decode-tokens K  tokens per decode rep (default 16; --quick 4)\n"
             "  --reps N           timed repetitions per line (default: 20 passes for N = 1,\n"
-            "                     about 1 s worth for N = 64; --quick: 3)\n"
+            "                     about 1 s worth for N = 64, model decode 10, prefill 5;\n"
+            "                     --quick: 3)\n"
             "  --threads N        OpenMP and OpenBLAS threads (default 1; 0 = all cores)\n"
             "  --json             one JSON object per line: bench = machine | bandwidth | apply |\n"
             "                     fit; apply lines have spec, canonical, shape, m, n, N, status,\n"
@@ -34,7 +45,13 @@ static void usage(FILE *f) {
             "                     (PASS | FAIL), rel_err, nbytes, nparams, macs, fit_s, copies,\n"
             "                     ws_mib, reps, threads, isa; unavailable ones have status and\n"
             "                     error; fit lines have spec, shape, rank, status, time_s,\n"
-            "                     rel_err, speedup_vs_exact, err_vs_exact; machine and end\n"
+            "                     rel_err, speedup_vs_exact, err_vs_exact; model lines have\n"
+            "                     name, phase (decode | prefill), status, dim, hidden_dim,\n"
+            "                     n_layers, n_heads, vocab, params, threads, isa, reps,\n"
+            "                     time_ms (min), median_ms, tokens_per_s, load1; decode adds\n"
+            "                     tokens, weight_bytes (per token), kv_bytes, gbs, bw_gbs,\n"
+            "                     bw_pct; prefill adds T, flops (layers' GEMMs), gflops,\n"
+            "                     sgemm_ms, sgemm_gflops, vs_sgemm; machine and end\n"
             "                     lines have load1, the 1-minute load average\n"
             "  --shapes LIST      apply shapes, e.g. 1024x1024,4096x11008,11008x4096\n"
             "  --specs LIST       specs separated by ';' (dense is always run as the baseline)\n"
@@ -80,6 +97,19 @@ static bool parse_batch(const char *s, int64_t *out, int *count) {
     }
 }
 
+static bool parse_model_shape(const char *s, int64_t *out) {
+    for (int k = 0; k < 5; k++) {
+        char *end;
+        long long v = strtoll(s, &end, 10);
+        if (end == s || v < 1 || v > (1 << 20)) return false;
+        out[k] = v;
+        if (k == 4) return !*end;
+        if (*end != ',') return false;
+        s = end + 1;
+    }
+    return false;
+}
+
 static bool parse_pos(const char *s, double lo, double hi, double *v) {
     char *end;
     if (!s || !*s) return false;
@@ -108,6 +138,21 @@ int cmd_bench(int argc, char **argv) {
         double v;
         if (strcmp(a, "--quick") == 0) {
             continue;
+        } else if (strcmp(a, "--model") == 0) {
+            if (!o.filter) o.filter = "model ";
+        } else if (strcmp(a, "--model-shape") == 0) {
+            const char *s = cli_value(argc, argv, &i);
+            if (!s || !parse_model_shape(s, o.model_shape)) {
+                fprintf(stderr, "structmat bench: --model-shape needs DIM,FFN,LAYERS,HEADS,VOCAB\n");
+                return 2;
+            }
+        } else if (strcmp(a, "--prefill-tokens") == 0 || strcmp(a, "--decode-tokens") == 0) {
+            bool pre = a[2] == 'p';
+            if (!parse_pos(cli_value(argc, argv, &i), 1, 1 << 16, &v) || v != floor(v)) {
+                fprintf(stderr, "structmat bench: %s needs a whole number >= 1\n", a);
+                return 2;
+            }
+            *(pre ? &o.prefill_tokens : &o.decode_tokens) = (int64_t)v;
         } else if (strcmp(a, "--filter") == 0) {
             if (!(o.filter = cli_value(argc, argv, &i))) return 2;
         } else if (strcmp(a, "--reps") == 0) {
@@ -164,14 +209,16 @@ int cmd_bench(int argc, char **argv) {
     double t0 = sm_now();
     bench_machine(&o);
     bool bw_print = bench_selected(&o, "bandwidth"), apply = bench_apply_selected(&o);
+    bool model = bench_model_selected(&o);
     double bw = NAN;
-    if (bw_print || apply) {
+    if (bw_print || apply || model) {
         fprintf(stderr, "[bench] bandwidth: %.0f MiB sweep\n", o.bw_mib);
         bw = bench_bandwidth(&o, bw_print);
     }
     int fails = 0;
     if (apply) fails += bench_apply(&o, bw);
     fails += bench_fit(&o);
+    fails += bench_model(&o, bw);
     // The load at the end says whether other work ran meanwhile (timings then are noisy).
     double secs = sm_now() - t0;
     if (o.json) {
