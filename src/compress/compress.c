@@ -8,6 +8,7 @@
 #include <cJSON.h>
 #include <cblas.h>
 #include <libgen.h>
+#include <malloc.h>
 #include <math.h>
 #include <regex.h>
 #include <stdlib.h>
@@ -307,6 +308,13 @@ static void mwork_free(mwork *x) {
     sm_free(x->Hf), sm_free(x->e.D), sm_free(x->e.G);
     sm_op_free(x->built);
     memset(x, 0, sizeof *x);
+#ifdef __GLIBC__
+    // Hand the freed matrix-sized blocks back to the system: glibc keeps freed blocks below its
+    // (adaptive) mmap threshold in its arenas, and over a 1B model's 155 matrices of varying
+    // sizes the resident memory crept up by hundreds of MB (measured: 63 to 480 MB of RssAnon
+    // after 30 matrices whose work needs 150 MB).
+    malloc_trim(0);
+#endif
 }
 
 static sm_status mwork_init(sm_compress *c, int i, mwork *x) {
