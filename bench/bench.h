@@ -29,9 +29,9 @@ typedef struct bench_opts {
     int64_t fit_rank;
     int nfit_shapes;
     int64_t fit_shapes[BENCH_MAX_SHAPES][2];
-    int64_t model_shape[5];  // synthetic model: dim, hidden_dim, n_layers, n_heads, vocab
-    int64_t prefill_tokens;  // T of the prefill line
-    int64_t decode_tokens;   // tokens per decode rep
+    int64_t model_shape[5]; // synthetic model: dim, hidden_dim, n_layers, n_heads, vocab
+    int64_t prefill_tokens; // T of the prefill line
+    int64_t decode_tokens;  // tokens per decode rep
 } bench_opts;
 
 // The default run, or the small one of --quick.

@@ -4,8 +4,9 @@
 // Decode (batch 1) streams every linear layer's weights once per token, so its limit is the
 // machine's read bandwidth: the line reports the weight bytes a token reads (linear layers,
 // norms and one embedding row), the achieved GB/s and its share of the best read bandwidth
-// measured in the same run (the section's sweep, and sweeps of the weights' size between reps). Each rep rewinds the context to the end of a short prompt and decodes
-// --decode-tokens tokens; per-token time is the rep's time over them (min and median of reps).
+// measured in the same run (the section's sweep, and sweeps of the weights' size between reps).
+// Each rep rewinds the context to the end of a short prompt and decodes --decode-tokens tokens;
+// per-token time is the rep's time over them (min and median of reps).
 //
 // Prefill (one batch of T tokens from an empty cache, logits of the last one) is GEMM-bound: its
 // GFLOP/s counts the layers' linear multiply-adds (2 T params per layer; attention, norms and
@@ -29,8 +30,7 @@
 static void model_name(char *buf, size_t cap, const bench_opts *o, const char *phase) {
     const int64_t *s = o->model_shape;
     snprintf(buf, cap, "model %s%sd%lld f%lld l%lld h%lld v%lld", phase, *phase ? " " : "",
-             (long long)s[0],
-             (long long)s[1], (long long)s[2], (long long)s[3], (long long)s[4]);
+             (long long)s[0], (long long)s[1], (long long)s[2], (long long)s[3], (long long)s[4]);
 }
 
 static bool phase_selected(const bench_opts *o, const char *phase) {
@@ -207,7 +207,8 @@ static int run_decode(const bench_opts *o, sm_model *m, sm_context *c, const int
         bench_json_end();
     } else {
         printf("%-44s %7.2f ms/token (median %.2f) %7.1f tok/s  %.1f MB/token  %5.1f GB/s  "
-               "%5.1f%% of %.1f GB/s (sweeps: %.1f first, %.1f between reps)  (+%.2f MB KV/token)\n",
+               "%5.1f%% of %.1f GB/s (sweeps: %.1f first, %.1f between reps)  "
+               "(+%.2f MB KV/token)\n",
                name, tmin * 1e3, tmed * 1e3, 1.0 / tmin, wbytes / 1e6, gbs, pct, bw, bw_gbs,
                bw_near, kv / 1e6);
         fflush(stdout);

@@ -144,7 +144,8 @@ int cmd_bench(int argc, char **argv) {
         } else if (strcmp(a, "--model-shape") == 0) {
             const char *s = cli_value(argc, argv, &i);
             if (!s || !parse_model_shape(s, o.model_shape)) {
-                fprintf(stderr, "structmat bench: --model-shape needs DIM,FFN,LAYERS,HEADS,VOCAB\n");
+                fprintf(stderr,
+                        "structmat bench: --model-shape needs DIM,FFN,LAYERS,HEADS,VOCAB\n");
                 return 2;
             }
         } else if (strcmp(a, "--prefill-tokens") == 0 || strcmp(a, "--decode-tokens") == 0) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # structmat bench --quick --json: every line a JSON object; machine, bandwidth, apply, fit and
-# model (decode, prefill of a tiny synthetic model) lines with their documented keys; dense always measured; every apply check PASS (no FAIL,
-# no null numbers); options are validated.
+# model (decode, prefill of a tiny synthetic model) lines with their documented keys; dense
+# always measured; every apply check PASS (no FAIL, no null numbers); options are validated.
 set -u
 bin=$1
 tmp=$(mktemp -d)
