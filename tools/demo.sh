@@ -30,9 +30,10 @@ step "compress to 4 bpw (measuring every candidate of $methods)"
 step "compress to 2.5 bpw (the same candidates)"
 "$bin" compress $model --calib "$work/stats.safetensors" --methods $methods --target 2.5bpw \
     -o "$work/m2.5" --curves "$work/curves.json" --force --json >"$work/m2.5.json"
-grep -o '"layer_type":"[a-z_]*","method":"[a-z]*","spec":"[^"]*"' "$work/m2.5.json" |
-    sed 's/"layer_type":"\([a-z_]*\)","method":"\([a-z]*\)","spec":"\([^"]*\)"/  2.5 bpw \1: \3/' |
-    sort | uniq -c | sort -rn | head -8
+for m in m4 m2.5; do
+    printf 'the %s plan (matrices per chosen spec):\n' "${m#m} bpw"
+    grep -o '"spec":"[^"]*"' "$work/$m.json" | cut -d'"' -f4 | sort | uniq -c | sort -rn
+done
 
 step "evaluate on the held-out text (-c 256 --chunks 32 --score all) and generate"
 ev="-c 256 --chunks 32 --score all"
