@@ -456,9 +456,9 @@ static void add_gkey(bytes *b, const char *key, uint32_t type) {
 // are of type qtype (0 F32 or 8 Q8_0), with a gpt2 (spm false) or llama (spm true) vocabulary.
 static void gguf_seed(seeds *s, const char *name, uint32_t qtype, bool spm, bool tied) {
     enum { D = 32, H = 32, V = 16 };
-    static const char *const toks[V] = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "ab",
-                                        "abc", "\xc4\xa0", "<s>", "</s>", "x", "y"};
-    static const char *const lin[7] = {"attn_q", "attn_k", "attn_v", "attn_output",
+    static const char *const toks[V] = {"a", "b",  "c",   "d",        "e",   "f",    "g", "h",
+                                        "i", "ab", "abc", "\xc4\xa0", "<s>", "</s>", "x", "y"};
+    static const char *const lin[7] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
                                        "ffn_gate", "ffn_up", "ffn_down"};
     const int64_t shape[7][2] = {{D, D}, {16, D}, {16, D}, {D, D}, {H, D}, {H, D}, {D, H}};
     struct {
@@ -704,6 +704,88 @@ static void seeds_model_hf(seeds *s) {
     hf_seed(s, "qwen2-tied-biases", true, false, true, SM_DTYPE_F32, false);
     // Untied in the config, but the file has no lm_head.
     hf_seed(s, "bad-untied-without-head", false, false, false, SM_DTYPE_F32, false);
+}
+
+// --- tokenizer.json ------------------------------------------------------------------------------
+
+static void add_utf8(bytes *b, unsigned cp) {
+    uint8_t u[4];
+    int n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
+    if (n == 1) u[0] = (uint8_t)cp;
+    if (n == 2) u[0] = (uint8_t)(0xc0 | cp >> 6), u[1] = (uint8_t)(0x80 | (cp & 63));
+    if (n == 3)
+        u[0] = (uint8_t)(0xe0 | cp >> 12), u[1] = (uint8_t)(0x80 | (cp >> 6 & 63)),
+        u[2] = (uint8_t)(0x80 | (cp & 63));
+    add(b, u, (size_t)n);
+}
+
+static const char k_bpe_text[] = "Hello, world! the cat  sat\ton the hat\r\n"
+                                 "\xc3\xbcn\xc3\xaf"
+                                 "c\xc3\xb6"
+                                 "d\xc3\xa9 \xf0\x9f\x99\x82 <|endoftext|> "
+                                 "123456 \xe2\x96\x81 \xff";
+
+static void seeds_tokenizer_json(seeds *s) {
+    // Byte-level (GPT-2): the 256 bytes as GPT-2's alphabet (printable Latin-1 as itself, the
+    // rest from U+0100 on), four merges, an added special token.
+    bytes b = {0};
+    adds(&b, "{\"version\": \"1.0\", \"added_tokens\": [{\"id\": 260, \"content\": "
+             "\"<|endoftext|>\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, "
+             "\"normalized\": false, \"special\": true}], \"normalizer\": null, "
+             "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, "
+             "\"trim_offsets\": true, \"use_regex\": true}, \"post_processor\": null, "
+             "\"decoder\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": \"BPE\", "
+             "\"dropout\": null, \"unk_token\": null, \"byte_fallback\": false, \"vocab\": {");
+    unsigned extra = 0;
+    for (int c = 0; c < 256; c++) {
+        bool keep = (c >= 33 && c <= 126) || (c >= 0xa1 && c <= 0xac) || c >= 0xae;
+        unsigned cp = keep ? (unsigned)c : 256 + extra++;
+        adds(&b, c ? ", \"" : "\"");
+        if (cp == '"' || cp == '\\') adds(&b, "\\");
+        add_utf8(&b, cp);
+        char id[16];
+        snprintf(id, sizeof id, "\": %d", c);
+        adds(&b, id);
+    }
+    adds(&b, ", \"\xc4\xa0t\": 256, \"he\": 257, \"\xc4\xa0the\": 258, \"at\": 259, "
+             "\"<|endoftext|>\": 260}, \"merges\": [\"\xc4\xa0 t\", \"h e\", \"\xc4\xa0t he\", "
+             "\"a t\"]}}");
+    size_t json_end = b.n;
+    adds(&b, SM_FUZZ_SEP);
+    adds(&b, k_bpe_text);
+    put(s, "byte-level", b.p, b.n);
+    put(s, "bad-cut", b.p, json_end - 3);
+    free(b.p);
+    // SentencePiece-style (Llama-2): "\u2581" for spaces, prepended; byte fallback; BOS from
+    // the post-processor.
+    b = (bytes){0};
+    adds(&b, "{\"version\": \"1.0\", \"added_tokens\": [], \"normalizer\": {\"type\": "
+             "\"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": "
+             "\"\xe2\x96\x81\"}, {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
+             "\"content\": \"\xe2\x96\x81\"}]}, \"pre_tokenizer\": null, \"post_processor\": "
+             "{\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": "
+             "\"<s>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], "
+             "\"pair\": [], \"special_tokens\": {\"<s>\": {\"id\": \"<s>\", \"ids\": [1], "
+             "\"tokens\": [\"<s>\"]}}}, \"decoder\": null, \"model\": {\"type\": \"BPE\", "
+             "\"unk_token\": \"<unk>\", \"fuse_unk\": true, \"byte_fallback\": true, "
+             "\"vocab\": {\"<unk>\": 0, \"<s>\": 1, \"</s>\": 2");
+    for (int c = 0; c < 256; c++) {
+        char tok[40];
+        snprintf(tok, sizeof tok, ", \"<0x%02X>\": %d", c, 3 + c);
+        adds(&b, tok);
+    }
+    adds(&b, ", \"\xe2\x96\x81\": 259, \"t\": 260, \"h\": 261, \"e\": 262, \"a\": 263, "
+             "\"c\": 264, \"\xe2\x96\x81t\": 265, \"he\": 266, \"\xe2\x96\x81the\": 267, "
+             "\"at\": 268, \"\xe2\x96\x81"
+             "c\": 269}, \"merges\": [\"\xe2\x96\x81 t\", \"h e\", "
+             "\"\xe2\x96\x81t he\", \"a t\", \"\xe2\x96\x81 c\"]}}");
+    adds(&b, SM_FUZZ_SEP);
+    adds(&b, k_bpe_text);
+    put(s, "sentencepiece", b.p, b.n);
+    free(b.p);
+    static const char unsupported[] = "{\"normalizer\": {\"type\": \"Lowercase\"}, \"model\": "
+                                      "{\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}";
+    put(s, "bad-lowercase", unsupported, strlen(unsupported));
 }
 
 int sm_fuzz_seeds(const char *target, sm_fuzz_emit_fn emit, void *ctx) {

@@ -16,8 +16,9 @@
 #include <stdint.h>
 
 #define SM_FUZZ_TARGETS(X)                                                                         \
-    X(safetensors) X(st_index) X(config) X(spec) X(opload) X(llama2c) X(tokenizer) X(model_hf)   \
-        X(gguf)
+    X(safetensors)                                                                                 \
+    X(st_index) X(config) X(spec) X(opload) X(llama2c) X(tokenizer) X(model_hf) X(gguf)            \
+        X(tokenizer_json)
 
 #define SM_FUZZ_DECL(t) int sm_fuzz_##t(const uint8_t *data, size_t size);
 SM_FUZZ_TARGETS(SM_FUZZ_DECL)

@@ -25,7 +25,7 @@ fi
 mkdir -p "$build/findings" "$build/logs"
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 fail=0
-printf '%-12s %8s %12s %10s %8s  %s\n' target seconds executions exec/s new findings
+printf '%-14s %8s %12s %10s %8s  %s\n' target seconds executions exec/s new findings
 for t in "${targets[@]}"; do
     bin=$build/fuzz_$t
     if [ ! -x "$bin" ]; then
@@ -50,7 +50,7 @@ for t in "${targets[@]}"; do
     after=$(ls "$build/findings" | grep -c "^$t-" || true)
     found=$((after - before))
     [ $rc -ne 0 ] && [ $found -eq 0 ] && found=1 # e.g. a crash before any input ran
-    printf '%-12s %8d %12s %10s %8s  %s\n' "$t" $((SECONDS - t0)) "${execs:-?}" "${rate:-?}" \
+    printf '%-14s %8d %12s %10s %8s  %s\n' "$t" $((SECONDS - t0)) "${execs:-?}" "${rate:-?}" \
         "${new:-?}" "$found"
     if [ $rc -ne 0 ]; then
         fail=1
