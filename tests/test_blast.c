@@ -245,9 +245,9 @@ static void test_special_cases(void) {
     free(W), free(D);
 }
 
-// Random BLAST matrices at the true rank, default settings, on configurations with R <= min(p, q)
-// and R <= 2 B. (The fit is non-convex: with R > min(p, q), or R large against B such as B = 2
-// with R = 10, it often stalls around 1e-2 to 1e-1 in 300 iterations; BENCHMARKS.md has counts.)
+// Random BLAST matrices at the true rank, default settings, on configurations with B >= 4,
+// R <= 2 B, R <= min(p, q). (The fit is non-convex: with B = 2, R = 8 B or R > min(p, q) it often
+// stalls around 1e-2 to 1e-1 in 300 iterations; test_slow_blast_recovery and BENCHMARKS.md count.)
 static void test_recovery(void) {
     const struct {
         int64_t m, n, B, R;
