@@ -1,7 +1,7 @@
 // BLAST fit time on a 4096 x 4096 matrix at half the parameters (blocks=4: rank 1022; default
 // 300 iterations): it must take under 20 minutes of CPU time (all threads; about 9 on this 2-core
 // machine, so minutes of wall time when the machine is idle) and end below its low-rank warm
-// start. `test_slow_blast_4096 --print` prints the time, the dense-GEMM-equivalent GFLOP/s of the
+// start. `build/bench_blast_fit_4096 --print` prints the time, the dense-GEMM-equivalent GFLOP/s of the
 // iterations (each does four m n R products: 8 m n R flops; their time is the fit's minus that of
 // iters=0) and, for scale, the GFLOP/s of one such sgemm here. The matrix has a decaying spectrum
 // (sigma_k = 1 / (1 + k / 64)) with random singular vectors, so that there is structure to find.
