@@ -50,7 +50,12 @@ int main(int argc, char **argv) {
                 if (np > 0 && np < npmin) npmin = np;
                 if (e < mo) mo = e, bm = B;
             }
-            double bl = fit(W, m, n, "blast:blocks=4,ratio=0.5", &npb);
+            // BLAST gets the budget of the smallest competitor (ratio= resolves to the largest
+            // rank whose nparams fits), so it never wins by holding more parameters.
+            char bspec[64];
+            snprintf(bspec, sizeof bspec, "blast:blocks=4,ratio=%.9f",
+                     (double)npmin / ((double)m * (double)n));
+            double bl = fit(W, m, n, bspec, &npb);
             double best = lr < blr ? lr : blr;
             if (mo < best) best = mo;
             if (!(bl < best) || npb > npmin) {
