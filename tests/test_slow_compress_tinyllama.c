@@ -1,3 +1,4 @@
+#include <stdlib.h>
 // compress at scale: a synthetic checkpoint with the shapes of TinyLlama-1.1B (hidden 2048, 22
 // layers, 32 heads, 4 key-value heads, MLP 5632, vocabulary 32000, untied; 1.1 billion BF16
 // weights = 2.2 GB, random values, written here in two shards with an index) is compressed to
@@ -185,6 +186,12 @@ static int child(const char *src, const char *out) {
 
 int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "--child")) return child(argv[2], argv[3]);
+    // Opt-in for now: its run time on a quiet 2-core machine has not been measured yet (under
+    // the load of parallel work it exceeded 20 minutes), and CI has a 90-minute budget.
+    if (!getenv("STRUCTMAT_RUN_TINYLLAMA")) {
+        fprintf(stderr, "skipped: set STRUCTMAT_RUN_TINYLLAMA=1 to run the 1.1B-shaped compress\n");
+        return 77;
+    }
     char dir[] = "/tmp/test_slow_compress.XXXXXX";
     if (!mkdtemp(dir)) return 1;
     char src[600], out[600], cmd[1400];
