@@ -1,5 +1,6 @@
 // structmat compress MODEL -o OUT --target SIZE [--methods NAMES] [--calib STATS]
-//                    [--objective weight|activation] [--tensor-spec REGEX=SPEC]... [--keep REGEX]...
+//                    [--objective weight|activation] [--tensor-spec REGEX=SPEC]... [--keep
+//                    REGEX]...
 //                    [--uniform SPEC] [--json] [--report FILE.html] [--force]
 #include "cli.h"
 
@@ -16,56 +17,58 @@
 #include "structmat_compress.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: structmat compress MODEL -o OUT --target SIZE [options]\n\n"
-            "Compresses every 2-D weight of a Hugging Face checkpoint but the token embedding\n"
-            "(lm_head included) to at most SIZE, choosing per matrix the structure and precision\n"
-            "that lose least: (1) every candidate of the methods is fitted and its error and exact\n"
-            "bytes measured, (2) one candidate per matrix is chosen to minimise the summed error\n"
-            "under SIZE (a Lagrangian sweep, then the slack filled greedily), (3) the chosen ones\n"
-            "are fitted again and streamed into OUT, a checkpoint directory that eval and\n"
-            "generate run (written atomically: an existing OUT is the old or the new one).\n"
-            "Embeddings, norms and biases are copied as they are. Memory stays near a few\n"
-            "matrices whatever the model's size.\n\n"
-            "  --target SIZE        3.5bpw (bits per weight of the compressed matrices), 120MB\n"
-            "                       (10^6 bytes), 800kB, 1.5GB or bytes; a ceiling: the result\n"
-            "                       is within [0.99, 1] of it\n"
-            "  --methods NAMES      comma-separated: rtn, gptq, onebit, bitstack, lowrank,\n"
-            "                       monarch, blast, blockdiag, sparse, lorc (a 2- or 3-bit\n"
-            "                       quantizer + low-rank residual), dense (default: all; gptq\n"
-            "                       needs --calib). The matrix as stored (and F16) is always one\n"
-            "  --calib STATS        calibration statistics (structmat calibrate): gptq, the\n"
-            "                       activation-aware fits and the activation objective\n"
-            "  --objective OBJ      activation (default with --calib): ||X (W - W_hat)^T||_F^2;\n"
-            "                       weight: ||W - W_hat||_F^2\n"
-            "  --tensor-spec RE=SPEC  matrices whose name matches the extended regex RE\n"
-            "                       (anywhere; anchor with ^ $) get SPEC (repeatable)\n"
-            "  --keep RE            matrices matching RE stay as stored (repeatable)\n"
-            "  --uniform SPEC       SPEC for every matrix, no choice (the baseline); --target\n"
-            "                       is then optional and only checked\n"
-            "  --solver exact|random  SVD of the low-rank ladders (default exact)\n"
-            "  --save-curves FILE   write the measured candidates (error-versus-bytes curves)\n"
-            "  --curves FILE        reuse them instead of measuring (same model and options):\n"
-            "                       one ladder for several targets\n"
-            "  --report FILE.html   a self-contained HTML report: per matrix the curves with the\n"
-            "                       choice and the spectrum, and the per-layer allocation\n"
-            "  --probe TEXT         after writing, run TEXT through the compressed model as it\n"
-            "                       was built and print the 5 most likely next tokens with\n"
-            "                       their log-probabilities (generate --n-probs 5 on OUT must\n"
-            "                       print the same)\n"
-            "  --force              replace OUT (and FILE outputs) if they exist\n"
-            "  --json               one JSON object per matrix (tensor, layer_type, method, spec,\n"
-            "                       shape, bytes, bpw, rel_error), then {\"summary\": {...}}: target_bytes,\n"
-            "                       bytes, bpw, weights, ratio, matrices, measure_seconds,\n"
-            "                       write_seconds, objective, by_layer_type, probe\n"
-            "  --seed S             seed of rotations and randomized solvers (default 24301)\n"
-            "  --threads N          threads (default: all cores)\n\n"
-            "examples:\n"
-            "  structmat calibrate models/shakespeare-llama-3m -f train.txt -o s.calib\n"
-            "  structmat compress models/shakespeare-llama-3m --calib s.calib --target 3bpw -o m3\n"
-            "  structmat compress models/shakespeare-llama-3m --target 1MB --methods rtn,lowrank \\\n"
-            "      --keep lm_head -o m1 --report m1.html\n"
-            "  structmat compress models/shakespeare-llama-3m --uniform rtn:bits=4,group=64 -o u4\n");
+    fprintf(
+        f,
+        "usage: structmat compress MODEL -o OUT --target SIZE [options]\n\n"
+        "Compresses every 2-D weight of a Hugging Face checkpoint but the token embedding\n"
+        "(lm_head included) to at most SIZE, choosing per matrix the structure and precision\n"
+        "that lose least: (1) every candidate of the methods is fitted and its error and exact\n"
+        "bytes measured, (2) one candidate per matrix is chosen to minimise the summed error\n"
+        "under SIZE (a Lagrangian sweep, then the slack filled greedily), (3) the chosen ones\n"
+        "are fitted again and streamed into OUT, a checkpoint directory that eval and\n"
+        "generate run (written atomically: an existing OUT is the old or the new one).\n"
+        "Embeddings, norms and biases are copied as they are. Memory stays near a few\n"
+        "matrices whatever the model's size.\n\n"
+        "  --target SIZE        3.5bpw (bits per weight of the compressed matrices), 120MB\n"
+        "                       (10^6 bytes), 800kB, 1.5GB or bytes; a ceiling: the result\n"
+        "                       is within [0.99, 1] of it\n"
+        "  --methods NAMES      comma-separated: rtn, gptq, onebit, bitstack, lowrank,\n"
+        "                       monarch, blast, blockdiag, sparse, lorc (a 2- or 3-bit\n"
+        "                       quantizer + low-rank residual), dense (default: all; gptq\n"
+        "                       needs --calib). The matrix as stored (and F16) is always one\n"
+        "  --calib STATS        calibration statistics (structmat calibrate): gptq, the\n"
+        "                       activation-aware fits and the activation objective\n"
+        "  --objective OBJ      activation (default with --calib): ||X (W - W_hat)^T||_F^2;\n"
+        "                       weight: ||W - W_hat||_F^2\n"
+        "  --tensor-spec RE=SPEC  matrices whose name matches the extended regex RE\n"
+        "                       (anywhere; anchor with ^ $) get SPEC (repeatable)\n"
+        "  --keep RE            matrices matching RE stay as stored (repeatable)\n"
+        "  --uniform SPEC       SPEC for every matrix, no choice (the baseline); --target\n"
+        "                       is then optional and only checked\n"
+        "  --solver exact|random  SVD of the low-rank ladders (default exact)\n"
+        "  --save-curves FILE   write the measured candidates (error-versus-bytes curves)\n"
+        "  --curves FILE        reuse them instead of measuring (same model and options):\n"
+        "                       one ladder for several targets\n"
+        "  --report FILE.html   a self-contained HTML report: per matrix the curves with the\n"
+        "                       choice and the spectrum, and the per-layer allocation\n"
+        "  --probe TEXT         after writing, run TEXT through the compressed model as it\n"
+        "                       was built and print the 5 most likely next tokens with\n"
+        "                       their log-probabilities (generate --n-probs 5 on OUT must\n"
+        "                       print the same)\n"
+        "  --force              replace OUT (and FILE outputs) if they exist\n"
+        "  --json               one JSON object per matrix (tensor, layer_type, method, spec,\n"
+        "                       shape, bytes, bpw, rel_error), then {\"summary\": {...}}: "
+        "target_bytes,\n"
+        "                       bytes, bpw, weights, ratio, matrices, measure_seconds,\n"
+        "                       write_seconds, objective, by_layer_type, probe\n"
+        "  --seed S             seed of rotations and randomized solvers (default 24301)\n"
+        "  --threads N          threads (default: all cores)\n\n"
+        "examples:\n"
+        "  structmat calibrate models/shakespeare-llama-3m -f train.txt -o s.calib\n"
+        "  structmat compress models/shakespeare-llama-3m --calib s.calib --target 3bpw -o m3\n"
+        "  structmat compress models/shakespeare-llama-3m --target 1MB --methods rtn,lowrank \\\n"
+        "      --keep lm_head -o m1 --report m1.html\n"
+        "  structmat compress models/shakespeare-llama-3m --uniform rtn:bits=4,group=64 -o u4\n");
 }
 
 static volatile sig_atomic_t g_interrupted;
@@ -87,8 +90,8 @@ static bool progress(void *user, const sm_compress_event *ev) {
     if (ev->phase == 1) {
         sm_progress_step(&r->pr, ev->index + 1, ev->name);
         if (!r->pr.tty && !r->c.json)
-            fprintf(stderr, "measure [%d/%d] %s: %d candidates, %.2f s\n", ev->index + 1,
-                    ev->count, ev->name, ev->candidates, ev->seconds);
+            fprintf(stderr, "measure [%d/%d] %s: %d candidates, %.2f s\n", ev->index + 1, ev->count,
+                    ev->name, ev->candidates, ev->seconds);
     } else {
         sm_progress_step(&r->pr, ev->index + 1, ev->name);
     }
@@ -145,8 +148,7 @@ static int check_out_dir(const char *dir, bool force) {
 
 typedef struct args {
     cli_common c;
-    const char *model, *target, *methods, *calib, *uniform, *report, *curves, *save_curves,
-        *probe;
+    const char *model, *target, *methods, *calib, *uniform, *report, *curves, *save_curves, *probe;
     sm_objective objective;
     int solver;
     int npin, nkeep;
@@ -170,8 +172,10 @@ static int probe(const args *a, const sm_compress *cz, sm_op **kept, FILE *js) {
         sm_compress_get_matrix(cz, i, &mx);
         for (int64_t j = 0; j < f.n_linear && kept[i]; j++)
             if (!strcmp(sm_model_linear_name(m, j), mx.name)) {
-                if (sm_model_linear_set(m, j, kept[i]) != SM_OK) rc = cli_fail("compress", mx.name);
-                else kept[i] = NULL;
+                if (sm_model_linear_set(m, j, kept[i]) != SM_OK)
+                    rc = cli_fail("compress", mx.name);
+                else
+                    kept[i] = NULL;
             }
     }
     if (!rc && sm_tokenizer_load_for_model(a->model, m, &tok) != SM_OK)
@@ -200,7 +204,8 @@ static int probe(const args *a, const sm_compress *cz, sm_op **kept, FILE *js) {
             fprintf(js, "]");
         } else {
             printf("probe: next tokens after the text (id, ln p):");
-            for (int i = 0; i < k; i++) printf(" %d %.9g", (int)top[i], (double)logits[top[i]] - lse);
+            for (int i = 0; i < k; i++)
+                printf(" %d %.9g", (int)top[i], (double)logits[top[i]] - lse);
             printf("\n");
         }
     }
@@ -214,7 +219,7 @@ static int probe(const args *a, const sm_compress *cz, sm_op **kept, FILE *js) {
 // The table by layer type and the totals (text), or the summary's by_layer_type (JSON).
 static void by_type(const sm_compress *cz, bool json) {
     int n = sm_compress_count(cz), nt = 0;
-    char (*types)[48] = calloc((size_t)n, sizeof *types);
+    char(*types)[48] = calloc((size_t)n, sizeof *types);
     int64_t *cnt = calloc((size_t)n, sizeof *cnt), *w = calloc((size_t)n, sizeof *w),
             *b = calloc((size_t)n, sizeof *b);
     double *e = calloc((size_t)n, sizeof *e), *en = calloc((size_t)n, sizeof *en);
@@ -230,15 +235,18 @@ static void by_type(const sm_compress *cz, bool json) {
         cnt[k]++, w[k] += mx.rows * mx.cols, b[k] += mx.final_bytes;
         e[k] += mx.final_error, en[k] += mx.energy;
     }
-    if (json) printf(",\"by_layer_type\":[");
-    else printf("\n%-14s %8s %12s %12s %7s %10s\n", "layer type", "matrices", "weights", "bytes",
-                "bpw", "rel_error");
+    if (json)
+        printf(",\"by_layer_type\":[");
+    else
+        printf("\n%-14s %8s %12s %12s %7s %10s\n", "layer type", "matrices", "weights", "bytes",
+               "bpw", "rel_error");
     for (int k = 0; k < nt; k++) {
         double bpw = 8.0 * (double)b[k] / (double)w[k], rel = en[k] > 0 ? sqrt(e[k] / en[k]) : 0;
         if (json)
             printf("%s{\"layer_type\":\"%s\",\"matrices\":%lld,\"weights\":%lld,\"bytes\":%lld,"
-                   "\"bpw\":%.6g,\"rel_error\":%.6g}", k ? "," : "", types[k], (long long)cnt[k],
-                   (long long)w[k], (long long)b[k], bpw, rel);
+                   "\"bpw\":%.6g,\"rel_error\":%.6g}",
+                   k ? "," : "", types[k], (long long)cnt[k], (long long)w[k], (long long)b[k], bpw,
+                   rel);
         else
             printf("%-14s %8lld %12lld %12lld %7.3f %10.5f\n", types[k], (long long)cnt[k],
                    (long long)w[k], (long long)b[k], bpw, rel);
@@ -254,11 +262,21 @@ static int compress_run(const args *a) {
     sm_compress *cz = NULL;
     int rc = 0;
     if (a->calib && sm_calib_open(a->calib, &cal) != SM_OK) return cli_fail("compress", "--calib");
-    sm_compress_opts o = {.methods = a->methods, .objective = a->objective, .calib = cal,
-                          .npin = a->npin, .pin_regex = a->pin_re, .pin_spec = a->pin_spec,
-                          .nkeep = a->nkeep, .keep = a->keep, .uniform = a->uniform,
-                          .solver = a->solver, .seed = a->c.seed, .spectra = a->report != NULL,
-                          .progress = progress, .user = &r, .keep_op = a->probe ? keep_op : NULL};
+    sm_compress_opts o = {.methods = a->methods,
+                          .objective = a->objective,
+                          .calib = cal,
+                          .npin = a->npin,
+                          .pin_regex = a->pin_re,
+                          .pin_spec = a->pin_spec,
+                          .nkeep = a->nkeep,
+                          .keep = a->keep,
+                          .uniform = a->uniform,
+                          .solver = a->solver,
+                          .seed = a->c.seed,
+                          .spectra = a->report != NULL,
+                          .progress = progress,
+                          .user = &r,
+                          .keep_op = a->probe ? keep_op : NULL};
     if (sm_compress_open(a->model, &o, &cz) != SM_OK) {
         sm_calib_free(cal);
         return cli_fail("compress", NULL);
@@ -274,17 +292,21 @@ static int compress_run(const args *a) {
         if (sm_compress_load_curves(cz, a->curves) != SM_OK) rc = cli_fail("compress", "--curves");
     } else if (!rc) {
         if (!a->c.json)
-            fprintf(stderr, "compress: %s: %d matrices, %lld weights; measuring candidates "
-                    "(methods %s, %s objective)\n", a->model, n, (long long)wts,
-                    a->uniform ? "--uniform" : a->methods ? a->methods : "all",
-                    sm_compress_objective(cz) == SM_OBJECTIVE_ACTIVATION ? "activation"
-                                                                         : "weight");
+            fprintf(stderr,
+                    "compress: %s: %d matrices, %lld weights; measuring candidates "
+                    "(methods %s, %s objective)\n",
+                    a->model, n, (long long)wts,
+                    a->uniform   ? "--uniform"
+                    : a->methods ? a->methods
+                                 : "all",
+                    sm_compress_objective(cz) == SM_OBJECTIVE_ACTIVATION ? "activation" : "weight");
         sm_progress_init(&r.pr, "measure", n);
         sm_status s = sm_compress_measure(cz);
         sm_progress_end(&r.pr);
         if (s != SM_OK)
             rc = g_interrupted ? (fprintf(stderr, "structmat compress: interrupted; nothing "
-                                                  "was written\n"), 130)
+                                                  "was written\n"),
+                                  130)
                                : cli_fail("compress", NULL);
     }
     double t_measure = sm_now() - t0;
@@ -293,11 +315,12 @@ static int compress_run(const args *a) {
     int64_t lo = 0, hi = 0;
     if (!rc) sm_compress_range(cz, &lo, &hi);
     if (!rc && !a->uniform && budget < lo) {
-        fprintf(stderr, "structmat compress: the target %s (%lld bytes, %.4g bpw) cannot be "
+        fprintf(stderr,
+                "structmat compress: the target %s (%lld bytes, %.4g bpw) cannot be "
                 "reached: the smallest reachable size with these methods is %lld bytes "
-                "(%.4g bpw, %.6g MB)\n", a->target, (long long)budget,
-                8.0 * (double)budget / (double)wts, (long long)lo, 8.0 * (double)lo / (double)wts,
-                (double)lo / 1e6);
+                "(%.4g bpw, %.6g MB)\n",
+                a->target, (long long)budget, 8.0 * (double)budget / (double)wts, (long long)lo,
+                8.0 * (double)lo / (double)wts, (double)lo / 1e6);
         rc = 1;
     }
     if (!rc && sm_compress_allocate(cz, a->uniform ? hi : budget) != SM_OK)
@@ -310,8 +333,11 @@ static int compress_run(const args *a) {
         sm_status s = sm_compress_write(cz, a->c.out, a->c.force);
         sm_progress_end(&r.pr);
         if (s != SM_OK)
-            rc = g_interrupted ? (fprintf(stderr, "structmat compress: interrupted; %s was not "
-                                                  "written (nor changed)\n", a->c.out), 130)
+            rc = g_interrupted ? (fprintf(stderr,
+                                          "structmat compress: interrupted; %s was not "
+                                          "written (nor changed)\n",
+                                          a->c.out),
+                                  130)
                                : cli_fail("compress", a->c.out);
     }
     double t_write = sm_now() - t1;
@@ -352,9 +378,9 @@ static int compress_run(const args *a) {
         cli_json_str(stdout, a->c.out);
         printf(",\"target_bytes\":%lld,\"bytes\":%lld,\"bpw\":%.6g,\"weights\":%lld,"
                "\"ratio\":%.6g,\"matrices\":%d,\"measure_seconds\":%.3f,\"write_seconds\":%.3f,"
-               "\"objective\":\"%s\"", (long long)budget, (long long)total,
-               8.0 * (double)total / (double)wts, (long long)wts,
-               budget ? (double)total / (double)budget : 0.0, n, t_measure, t_write,
+               "\"objective\":\"%s\"",
+               (long long)budget, (long long)total, 8.0 * (double)total / (double)wts,
+               (long long)wts, budget ? (double)total / (double)budget : 0.0, n, t_measure, t_write,
                sm_compress_objective(cz) == SM_OBJECTIVE_ACTIVATION ? "activation" : "weight");
         by_type(cz, true);
     }
@@ -388,7 +414,8 @@ static int parse(int argc, char **argv, args *a) {
         if (!(v = cli_value(argc, argv, &i))) return 2;                                            \
         dst = v;                                                                                   \
     }
-        if (0) {}
+        if (0) {
+        }
         VAL("--target", a->target)
         VAL("--methods", a->methods)
         VAL("--calib", a->calib)
@@ -400,20 +427,24 @@ static int parse(int argc, char **argv, args *a) {
 #undef VAL
         else if (strcmp(argv[i], "--objective") == 0) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
-            if (!strcmp(v, "weight")) a->objective = SM_OBJECTIVE_WEIGHT;
-            else if (!strcmp(v, "activation")) a->objective = SM_OBJECTIVE_ACTIVATION;
+            if (!strcmp(v, "weight"))
+                a->objective = SM_OBJECTIVE_WEIGHT;
+            else if (!strcmp(v, "activation"))
+                a->objective = SM_OBJECTIVE_ACTIVATION;
             else {
                 fprintf(stderr, "structmat compress: --objective weight or activation\n");
                 return 2;
             }
-        } else if (strcmp(argv[i], "--solver") == 0) {
+        }
+        else if (strcmp(argv[i], "--solver") == 0) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             if (strcmp(v, "exact") && strcmp(v, "random")) {
                 fprintf(stderr, "structmat compress: --solver exact or random\n");
                 return 2;
             }
             a->solver = !strcmp(v, "random");
-        } else if (strcmp(argv[i], "--tensor-spec") == 0) {
+        }
+        else if (strcmp(argv[i], "--tensor-spec") == 0) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             const char *eq = strrchr(v, '=');
             // The spec itself holds '=' (rank=8): split at the first '=' followed by a
@@ -435,15 +466,19 @@ static int parse(int argc, char **argv, args *a) {
             if (!re) return 2;
             a->pin_re[a->npin] = re;
             a->pin_spec[a->npin++] = eq + 1;
-        } else if (strcmp(argv[i], "--keep") == 0) {
+        }
+        else if (strcmp(argv[i], "--keep") == 0) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             a->keep[a->nkeep++] = v;
-        } else if (argv[i][0] == '-') {
+        }
+        else if (argv[i][0] == '-') {
             fprintf(stderr, "structmat compress: unknown option %s\n", argv[i]);
             return 2;
-        } else if (!a->model) {
+        }
+        else if (!a->model) {
             a->model = argv[i];
-        } else {
+        }
+        else {
             fprintf(stderr, "structmat compress: one MODEL only\n");
             return 2;
         }
@@ -468,7 +503,8 @@ int cmd_compress(int argc, char **argv) {
     a.pin_spec = calloc((size_t)argc + 1, sizeof *a.pin_spec);
     a.keep = calloc((size_t)argc + 1, sizeof *a.keep);
     int rc = a.pin_re && a.pin_spec && a.keep ? parse(argc, argv, &a) : 1;
-    if (rc == -1) rc = 0;
+    if (rc == -1)
+        rc = 0;
     else if (rc == 0) {
         // Every output is checked before the long measurement, not after it.
         if (check_out_dir(a.c.out, a.c.force)) rc = 1;

@@ -41,9 +41,10 @@ int cmd_export(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--dtype")) {
             const char *v = cli_value(argc, argv, &i);
             if (!v) return 2;
-            dt = !strcmp(v, "f32") ? SM_DTYPE_F32 : !strcmp(v, "f16") ? SM_DTYPE_F16
-                                                   : !strcmp(v, "bf16") ? SM_DTYPE_BF16
-                                                                        : SM_DTYPE_UNKNOWN;
+            dt = !strcmp(v, "f32")    ? SM_DTYPE_F32
+                 : !strcmp(v, "f16")  ? SM_DTYPE_F16
+                 : !strcmp(v, "bf16") ? SM_DTYPE_BF16
+                                      : SM_DTYPE_UNKNOWN;
             if (dt == SM_DTYPE_UNKNOWN) {
                 fprintf(stderr, "structmat export: --dtype f32, f16 or bf16\n");
                 return 2;
@@ -70,7 +71,8 @@ int cmd_export(int argc, char **argv) {
     }
     sm_set_threads(c.threads);
     if (sm_export_dense(model, c.out, dt, c.force) != SM_OK) return cli_fail("export", NULL);
-    if (!c.json) fprintf(stderr, "wrote %s\n", c.out);
+    if (!c.json)
+        fprintf(stderr, "wrote %s\n", c.out);
     else {
         printf("{\"output\":");
         cli_json_str(stdout, c.out);

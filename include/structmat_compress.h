@@ -40,14 +40,14 @@ typedef enum sm_objective {
 // What the progress callback is told: after each matrix of phase 1 (measured) and phase 3
 // (written), with the matrix's index among sm_compress_count.
 typedef struct sm_compress_event {
-    int phase;            // 1 measure, 3 write
-    int index, count;     // matrix index, matrices
-    const char *name;     // the matrix
-    int candidates;       // phase 1: candidates measured
-    const char *spec;     // phase 3: the chosen spec (canonical)
-    double rel_error;     // phase 3: sqrt(error / energy) in the objective
-    int64_t bytes;        // phase 3: its bytes
-    double seconds;       // time spent on this matrix
+    int phase;        // 1 measure, 3 write
+    int index, count; // matrix index, matrices
+    const char *name; // the matrix
+    int candidates;   // phase 1: candidates measured
+    const char *spec; // phase 3: the chosen spec (canonical)
+    double rel_error; // phase 3: sqrt(error / energy) in the objective
+    int64_t bytes;    // phase 3: its bytes
+    double seconds;   // time spent on this matrix
 } sm_compress_event;
 
 // Returns false to stop: the running phase then fails with SM_ERR_IO "interrupted" and nothing
@@ -61,7 +61,7 @@ typedef struct sm_compress_opts {
     // is always a candidate, so a budget up to the model's own size is reachable.
     const char *methods;
     sm_objective objective;
-    sm_calib *calib;       // calibration statistics (structmat calibrate), or NULL; not owned
+    sm_calib *calib; // calibration statistics (structmat calibrate), or NULL; not owned
     // Pins: a matrix whose name matches pin_regex[i] (POSIX extended, searched anywhere in the
     // name; the first match wins) gets exactly pin_spec[i]; one matching keep[j] stays as stored.
     int npin;
@@ -72,8 +72,8 @@ typedef struct sm_compress_opts {
     const char *uniform;
     // SVD solver of the low-rank ladders (lowrank, lorc): 0 exact (LAPACK), 1 randomized.
     int solver;
-    uint64_t seed;           // randomized solvers and rotations (0: 24301)
-    bool spectra;            // phase 1 also keeps each matrix's singular values (the report)
+    uint64_t seed; // randomized solvers and rotations (0: 24301)
+    bool spectra;  // phase 1 also keeps each matrix's singular values (the report)
     sm_compress_progress progress;
     void *user;
     // Phase 3 hands each written operator to keep_op (which then owns it) instead of freeing
@@ -86,12 +86,11 @@ typedef struct sm_compress sm_compress;
 // Opens a Hugging Face checkpoint directory (config.json + model.safetensors or a sharded
 // index) and lists its matrices; checks the options (methods, regexes, pinned specs, the
 // calibration statistics of every matrix when the objective is activation).
-sm_status sm_compress_open(const char *model_dir, const sm_compress_opts *opts,
-                           sm_compress **out);
+sm_status sm_compress_open(const char *model_dir, const sm_compress_opts *opts, sm_compress **out);
 void sm_compress_free(sm_compress *c);
 
-int sm_compress_count(const sm_compress *c);   // matrices compressed
-int64_t sm_compress_weights(const sm_compress *c); // their weights (m n summed)
+int sm_compress_count(const sm_compress *c);              // matrices compressed
+int64_t sm_compress_weights(const sm_compress *c);        // their weights (m n summed)
 sm_objective sm_compress_objective(const sm_compress *c); // the resolved objective
 
 // A size: "3.5bpw" (bits per weight of the compressed matrices), "120MB" (10^6 bytes), "120kB",
@@ -123,8 +122,8 @@ sm_status sm_compress_write(sm_compress *c, const char *out_dir, bool force);
 typedef struct sm_compress_matrix {
     const char *name;
     int64_t rows, cols;
-    const char *dtype;  // as stored ("F32", "BF16")
-    double energy;      // ||W||_F^2 or tr(W H W^T): rel_error = sqrt(error / energy)
+    const char *dtype; // as stored ("F32", "BF16")
+    double energy;     // ||W||_F^2 or tr(W H W^T): rel_error = sqrt(error / energy)
     int candidates;
     int chosen;         // -1 before allocate
     const char *pinned; // "keep", the pinned spec, or NULL
@@ -142,7 +141,7 @@ typedef struct sm_compress_candidate {
     const char *method; // "rtn", "lowrank", ...
     const char *spec;   // canonical
     int64_t bytes;
-    double error;       // in the objective (absolute)
+    double error; // in the objective (absolute)
 } sm_compress_candidate;
 void sm_compress_get_candidate(const sm_compress *c, int i, int j, sm_compress_candidate *out);
 

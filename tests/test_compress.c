@@ -40,8 +40,8 @@ static void keep_cb(void *user, int index, sm_op *op) {
     ((kept *)user)->ops[index] = op;
 }
 
-static const int32_t k_tokens[] = {82, 79, 77, 69, 79, 58, 10, 87, 104, 97, 116, 32, 108, 105,
-                                   103, 104, 116, 32, 116, 104, 114, 111, 117, 103, 104};
+static const int32_t k_tokens[] = {82,  79,  77,  69,  79, 58,  10,  87,  104, 97,  116, 32, 108,
+                                   105, 103, 104, 116, 32, 116, 104, 114, 111, 117, 103, 104};
 #define NTOK (int64_t)(sizeof k_tokens / sizeof *k_tokens)
 
 // Logits (NTOK, vocab) of m on k_tokens, malloc'd.
@@ -221,14 +221,19 @@ static void pins_and_activation(void) {
     CHECK_OK(sm_calib_init(m, 128, &cal));
     int32_t ids[128];
     for (int r = 0; r < 4 && cal; r++) {
-        for (int i = 0; i < 128; i++) ids[i] = (int32_t)("First Citizen: we are accounted poor "
-                                                         "citizens, the patricians good."[
-                                                             (i * 7 + r * 13) % 64]);
+        for (int i = 0; i < 128; i++)
+            ids[i] = (int32_t)("First Citizen: we are accounted poor "
+                               "citizens, the patricians good."[(i * 7 + r * 13) % 64]);
         CHECK_OK(sm_calib_run(cal, ids, 128));
     }
     const char *re[] = {"lm_head"}, *spec[] = {"rtn:bits=8,group=64"}, *keep[] = {"layers\\.0\\."};
-    sm_compress_opts o = {.uniform = "gptq:bits=3,group=64", .calib = cal, .npin = 1,
-                          .pin_regex = re, .pin_spec = spec, .nkeep = 1, .keep = keep};
+    sm_compress_opts o = {.uniform = "gptq:bits=3,group=64",
+                          .calib = cal,
+                          .npin = 1,
+                          .pin_regex = re,
+                          .pin_spec = spec,
+                          .nkeep = 1,
+                          .keep = keep};
     sm_compress *c = NULL;
     CHECK_OK(sm_compress_open(MODEL, &o, &c));
     if (c) {
@@ -264,8 +269,8 @@ static void pins_and_activation(void) {
                 CHECK_OK(sm_act_rel_error(W, D, mx.rows, mx.cols, st.gram, &rel));
                 double got = sqrt(mx.final_error / mx.energy);
                 if (!(fabs(got - rel) <= 1e-4 * rel)) {
-                    fprintf(stderr, "%s: activation error %.9g, sm_act_rel_error %.9g\n",
-                            mx.name, got, rel);
+                    fprintf(stderr, "%s: activation error %.9g, sm_act_rel_error %.9g\n", mx.name,
+                            got, rel);
                     g_failures++;
                 }
             }

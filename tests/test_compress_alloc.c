@@ -33,7 +33,8 @@ static void make(inst *x, uint64_t seed) {
         for (int j = 0; j < x->n[i]; j++) {
             x->bytes[i][j] = 1 + (int64_t)(rnd(&s) % 100);
             // Errors loosely falling with bytes, with noise (curves far from convex).
-            x->err[i][j] = (double)(rnd(&s) % 1000) / (double)x->bytes[i][j] + (double)(rnd(&s) % 7);
+            x->err[i][j] =
+                (double)(rnd(&s) % 1000) / (double)x->bytes[i][j] + (double)(rnd(&s) % 7);
         }
         x->items[i] = (sm_alloc_item){x->n[i], x->bytes[i], x->err[i]};
     }
@@ -86,8 +87,10 @@ int main(void) {
         CHECK(te >= opt - 1e-9);
         CHECK(lag >= lo && lag <= tb);
         if (!(te <= brute(&x, lag) + 1e-9)) {
-            fprintf(stderr, "seed %llu: %.6g is worse than the optimum %.6g at the Lagrangian "
-                    "total %lld\n", (unsigned long long)seed, te, brute(&x, lag), (long long)lag);
+            fprintf(stderr,
+                    "seed %llu: %.6g is worse than the optimum %.6g at the Lagrangian "
+                    "total %lld\n",
+                    (unsigned long long)seed, te, brute(&x, lag), (long long)lag);
             g_failures++;
         }
         sum_res += te, sum_opt += opt, exact += te <= opt + 1e-9, runs++;

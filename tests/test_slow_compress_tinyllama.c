@@ -31,9 +31,12 @@ static int list(tensor *t, int layer_lo, int layer_hi, bool first, bool last) {
         const struct {
             const char *what;
             int64_t r, c;
-        } m[] = {{"self_attn.q_proj", HEADS * HD, DIM}, {"self_attn.k_proj", KV * HD, DIM},
-                 {"self_attn.v_proj", KV * HD, DIM},    {"self_attn.o_proj", DIM, HEADS * HD},
-                 {"mlp.gate_proj", FFN, DIM},           {"mlp.up_proj", FFN, DIM},
+        } m[] = {{"self_attn.q_proj", HEADS * HD, DIM},
+                 {"self_attn.k_proj", KV * HD, DIM},
+                 {"self_attn.v_proj", KV * HD, DIM},
+                 {"self_attn.o_proj", DIM, HEADS * HD},
+                 {"mlp.gate_proj", FFN, DIM},
+                 {"mlp.up_proj", FFN, DIM},
                  {"mlp.down_proj", DIM, FFN}};
         snprintf(t[n].name, sizeof t[n].name, "model.layers.%d.input_layernorm.weight", l);
         t[n].ndim = 1, t[n].shape[0] = DIM, n++;
@@ -102,13 +105,14 @@ static int make_model(const char *dir) {
     snprintf(p, sizeof p, "%s/config.json", dir);
     FILE *f = fopen(p, "w");
     if (!f) return 1;
-    fprintf(f, "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
-               "\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":%d,"
-               "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"head_dim\":%d,"
-               "\"hidden_act\":\"silu\",\"rms_norm_eps\":1e-05,\"rope_theta\":10000.0,"
-               "\"max_position_embeddings\":2048,\"vocab_size\":%d,"
-               "\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\","
-               "\"bos_token_id\":1,\"eos_token_id\":2}\n",
+    fprintf(f,
+            "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\","
+            "\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":%d,"
+            "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"head_dim\":%d,"
+            "\"hidden_act\":\"silu\",\"rms_norm_eps\":1e-05,\"rope_theta\":10000.0,"
+            "\"max_position_embeddings\":2048,\"vocab_size\":%d,"
+            "\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\","
+            "\"bos_token_id\":1,\"eos_token_id\":2}\n",
             DIM, FFN, LAYERS, HEADS, KV, HD, VOCAB);
     fclose(f);
     snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
@@ -210,8 +214,10 @@ int main(int argc, char **argv) {
     long long bytes = 0, budget = 0;
     CHECK(p && fscanf(p, "%ld %lf %lf %lld %lld", &hwm, &secs, &ms, &bytes, &budget) == 5);
     CHECK(p && pclose(p) == 0);
-    fprintf(stderr, "compress --methods rtn,lowrank (solver=random) to 4 bpw: %.1f s (measure "
-            "%.1f s), VmHWM %.0f MB, %lld bytes of %lld\n", secs, ms, hwm / 1024.0, bytes, budget);
+    fprintf(stderr,
+            "compress --methods rtn,lowrank (solver=random) to 4 bpw: %.1f s (measure "
+            "%.1f s), VmHWM %.0f MB, %lld bytes of %lld\n",
+            secs, ms, hwm / 1024.0, bytes, budget);
     CHECK(hwm > 0 && hwm * 1024.0 < 2e9);
     // The stored size from the output's header.
     sm_st *st = NULL;

@@ -63,8 +63,10 @@ static int lower_hull(const sm_alloc_item *it, int *order, int *hull) {
             int a = hull[h - 2], b = hull[h - 1];
             double s1 = (it->err[a] - it->err[b]) / (double)(it->bytes[b] - it->bytes[a]);
             double s2 = (it->err[b] - it->err[j]) / (double)(it->bytes[j] - it->bytes[b]);
-            if (s2 >= s1) h--;
-            else break;
+            if (s2 >= s1)
+                h--;
+            else
+                break;
         }
         hull[h++] = j;
     }
@@ -103,8 +105,10 @@ sm_status sm_allocate(const sm_alloc_item *items, int count, int64_t budget, int
     hstart[count] = nh;
     sm_status st = SM_OK;
     if (total > budget) {
-        st = sm_fail(SM_ERR_ARG, "the smallest reachable size is %lld bytes, above the budget of "
-                     "%lld", (long long)total, (long long)budget);
+        st = sm_fail(SM_ERR_ARG,
+                     "the smallest reachable size is %lld bytes, above the budget of "
+                     "%lld",
+                     (long long)total, (long long)budget);
         goto done;
     }
     // 1. Hull steps in order of decreasing slope; an item's steps are in hull order, as the
@@ -132,8 +136,8 @@ sm_status sm_allocate(const sm_alloc_item *items, int count, int64_t budget, int
                 if (!(gain > 0) || total + add > budget) continue;
                 // A move that also saves bytes is better than any that costs some.
                 double r = add <= 0 ? INFINITY : gain / (double)add;
-                if (bi < 0 || r > best || (r == best && add < items[bi].bytes[bj] -
-                                                                items[bi].bytes[choice[bi]])) {
+                if (bi < 0 || r > best ||
+                    (r == best && add < items[bi].bytes[bj] - items[bi].bytes[choice[bi]])) {
                     bi = i, bj = j, best = r;
                 }
             }

@@ -81,9 +81,11 @@ static sm_status parse_methods(sm_compress *c, const char *text) {
         for (int i = 0; i < SM_M_PIN; i++)
             if (!strcmp(tok, sm_method_names[i])) k = i;
         if (k < 0)
-            s = sm_fail(SM_ERR_ARG, "--methods: unknown method \"%s\" (expected a comma-separated "
+            s = sm_fail(SM_ERR_ARG,
+                        "--methods: unknown method \"%s\" (expected a comma-separated "
                         "list of rtn, gptq, onebit, bitstack, lowrank, monarch, blast, blockdiag, "
-                        "sparse, lorc, dense)", tok);
+                        "sparse, lorc, dense)",
+                        tok);
         else
             c->methods |= 1u << k;
     }
@@ -120,8 +122,8 @@ static sm_status parse_pins(sm_compress *c, const sm_compress_opts *o) {
         if (s == SM_OK && (s = sm_spec_parse(o->pin_spec[i], &sp)) == SM_OK) sm_spec_free(sp);
         if (s == SM_OK && !(c->pin_spec[i] = strdup(o->pin_spec[i])))
             s = sm_fail(SM_ERR_ALLOC, "out of memory");
-        if (s != SM_OK && s != SM_ERR_ALLOC) sm_error_prefix("--tensor-spec %s=%s: ",
-                                                              o->pin_regex[i], o->pin_spec[i]);
+        if (s != SM_OK && s != SM_ERR_ALLOC)
+            sm_error_prefix("--tensor-spec %s=%s: ", o->pin_regex[i], o->pin_spec[i]);
     }
     for (int i = 0; i < o->nkeep && s == SM_OK; i++) {
         s = compile(&c->keep_re[i], o->keep[i], "--keep");
@@ -129,16 +131,17 @@ static sm_status parse_pins(sm_compress *c, const sm_compress_opts *o) {
     }
     if (s == SM_OK && o->uniform) {
         sm_spec *sp;
-        if ((s = sm_spec_parse(o->uniform, &sp)) == SM_OK) sm_spec_free(sp);
-        else sm_error_prefix("--uniform: ");
+        if ((s = sm_spec_parse(o->uniform, &sp)) == SM_OK)
+            sm_spec_free(sp);
+        else
+            sm_error_prefix("--uniform: ");
         if (s == SM_OK && !(c->uniform = strdup(o->uniform)))
             s = sm_fail(SM_ERR_ALLOC, "out of memory");
     }
     return s;
 }
 
-sm_status sm_compress_open(const char *model_dir, const sm_compress_opts *opts,
-                           sm_compress **out) {
+sm_status sm_compress_open(const char *model_dir, const sm_compress_opts *opts, sm_compress **out) {
     *out = NULL;
     sm_compress *c = calloc(1, sizeof *c);
     if (!c) return sm_fail(SM_ERR_ALLOC, "out of memory");
@@ -154,19 +157,24 @@ sm_status sm_compress_open(const char *model_dir, const sm_compress_opts *opts,
     if (s == SM_OK) {
         char *copy = strdup(model_dir);
         c->dir = copy && S_ISDIR(sb.st_mode) ? strdup(model_dir)
-                                             : copy ? strdup(dirname(copy)) : NULL;
+                 : copy                      ? strdup(dirname(copy))
+                                             : NULL;
         free(copy);
         if (!c->dir) s = sm_fail(SM_ERR_ALLOC, "out of memory");
     }
     char *cfg = NULL;
     if (s == SM_OK && (asprintf(&cfg, "%s/config.json", c->dir) < 0 || stat(cfg, &sb) != 0))
-        s = sm_fail(SM_ERR_NOT_FOUND, "%s: no config.json: compress reads a Hugging Face "
-                    "checkpoint directory (config.json and safetensors)", model_dir);
+        s = sm_fail(SM_ERR_NOT_FOUND,
+                    "%s: no config.json: compress reads a Hugging Face "
+                    "checkpoint directory (config.json and safetensors)",
+                    model_dir);
     free(cfg);
     if (s == SM_OK) s = sm_st_open(model_dir, &c->st);
     if (s == SM_OK && sm_st_meta(c->st, "structmat.format_version"))
-        s = sm_fail(SM_ERR_UNSUPPORTED, "%s: already a structmat checkpoint; `structmat export "
-                    "--dense` it first", model_dir);
+        s = sm_fail(SM_ERR_UNSUPPORTED,
+                    "%s: already a structmat checkpoint; `structmat export "
+                    "--dense` it first",
+                    model_dir);
     if (s == SM_OK) s = parse_methods(c, opts ? opts->methods : NULL);
     if (s == SM_OK && opts) s = parse_pins(c, opts);
     if (s == SM_OK) {
@@ -175,7 +183,7 @@ sm_status sm_compress_open(const char *model_dir, const sm_compress_opts *opts,
             c->obj = c->o.calib ? SM_OBJECTIVE_ACTIVATION : SM_OBJECTIVE_WEIGHT;
         if (c->obj == SM_OBJECTIVE_ACTIVATION && !c->o.calib)
             s = sm_fail(SM_ERR_ARG, "the activation objective needs calibration statistics "
-                        "(--calib)");
+                                    "(--calib)");
     }
     // The matrices: every 2-D tensor but the token embedding.
     int nt = s == SM_OK ? sm_st_count(c->st) : 0;
@@ -186,8 +194,10 @@ sm_status sm_compress_open(const char *model_dir, const sm_compress_opts *opts,
         if (t->ndim != 2 || is_embedding(t->name)) continue;
         if (t->dtype != SM_DTYPE_F32 && t->dtype != SM_DTYPE_F16 && t->dtype != SM_DTYPE_BF16 &&
             t->dtype != SM_DTYPE_F64) {
-            s = sm_fail(SM_ERR_UNSUPPORTED, "%s: matrix %s is %s; compress reads F32, F16, BF16 "
-                        "and F64", model_dir, t->name, t->dtype_name);
+            s = sm_fail(SM_ERR_UNSUPPORTED,
+                        "%s: matrix %s is %s; compress reads F32, F16, BF16 "
+                        "and F64",
+                        model_dir, t->name, t->dtype_name);
             break;
         }
         cmat *m = &c->m[c->nm++];
@@ -249,29 +259,39 @@ sm_status sm_compress_parse_size(const sm_compress *c, const char *text, int64_t
     char *end;
     double v = strtod(text, &end);
     if (end == text || !(v > 0) || !isfinite(v))
-        return sm_fail(SM_ERR_ARG, "size \"%s\": expected a positive number with a unit: 3.5bpw, "
-                       "120MB, 800kB, 1.5GB or bytes", text);
+        return sm_fail(SM_ERR_ARG,
+                       "size \"%s\": expected a positive number with a unit: 3.5bpw, "
+                       "120MB, 800kB, 1.5GB or bytes",
+                       text);
     double b;
-    if (!strcmp(end, "bpw")) b = v * (double)c->weights / 8.0;
-    else if (!strcmp(end, "") || !strcmp(end, "B")) b = v;
-    else if (!strcmp(end, "kB") || !strcmp(end, "KB")) b = v * 1e3;
-    else if (!strcmp(end, "MB")) b = v * 1e6;
-    else if (!strcmp(end, "GB")) b = v * 1e9;
+    if (!strcmp(end, "bpw"))
+        b = v * (double)c->weights / 8.0;
+    else if (!strcmp(end, "") || !strcmp(end, "B"))
+        b = v;
+    else if (!strcmp(end, "kB") || !strcmp(end, "KB"))
+        b = v * 1e3;
+    else if (!strcmp(end, "MB"))
+        b = v * 1e6;
+    else if (!strcmp(end, "GB"))
+        b = v * 1e9;
     else
-        return sm_fail(SM_ERR_ARG, "size \"%s\": unknown unit \"%s\" (bpw, B, kB, MB, GB; MB = "
-                       "10^6 bytes)", text, end);
+        return sm_fail(SM_ERR_ARG,
+                       "size \"%s\": unknown unit \"%s\" (bpw, B, kB, MB, GB; MB = "
+                       "10^6 bytes)",
+                       text, end);
     if (b > 9e18) return sm_fail(SM_ERR_ARG, "size \"%s\" is too large", text);
     *bytes = (int64_t)floor(b);
     return SM_OK;
 }
 
-// --- the objective --------------------------------------------------------------------------------
+// --- the objective
+// --------------------------------------------------------------------------------
 
 typedef struct errctx {
-    const float *W;  // (m, n)
+    const float *W; // (m, n)
     int64_t m, n;
-    const float *H;  // (n, n) the Gram in float, or NULL: Frobenius
-    float *D, *G;    // (m, n) scratch
+    const float *H; // (n, n) the Gram in float, or NULL: Frobenius
+    float *D, *G;   // (m, n) scratch
 } errctx;
 
 // ||W - W_hat||_F^2, or tr(dW H dW^T) (float products, double sums). W_hat in D is overwritten.
@@ -283,8 +303,8 @@ static double objective(errctx *e, float *D) {
         for (int64_t i = 0; i < mn; i++) s += (double)D[i] * D[i];
         return s;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)e->m, (int)e->n, (int)e->n, 1.0f,
-                D, (int)e->n, e->H, (int)e->n, 0.0f, e->G, (int)e->n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)e->m, (int)e->n, (int)e->n, 1.0f, D,
+                (int)e->n, e->H, (int)e->n, 0.0f, e->G, (int)e->n);
     for (int64_t i = 0; i < mn; i++) s += (double)D[i] * e->G[i];
     return s > 0 ? s : 0;
 }
@@ -329,8 +349,9 @@ static sm_status mwork_init(sm_compress *c, int i, mwork *x) {
     if (s != SM_OK) return s;
     x->e = (errctx){.W = x->W, .m = m, .n = n};
     x->e.D = sm_alloc((size_t)(m * n) * sizeof(float));
-    if (!x->e.D) return sm_fail(SM_ERR_ALLOC, "out of memory for a %lldx%lld matrix",
-                                (long long)m, (long long)n);
+    if (!x->e.D)
+        return sm_fail(SM_ERR_ALLOC, "out of memory for a %lldx%lld matrix", (long long)m,
+                       (long long)n);
     // Statistics are passed to the fits even with the weight objective (gptq needs them).
     if (c->o.calib) {
         s = sm_calib_get(c->o.calib, t->name, n, &x->stats);
@@ -408,8 +429,8 @@ static bool tell(const sm_compress *c, const sm_compress_event *ev) {
 static sm_status build(mwork *x, int lo, int hi, int only, sm_build_fn fn, int *skipped) {
     const sm_tensor_info *t = x->m->t;
     return sm_build_group(x->m->rc, lo, hi, only, x->W, t->shape[0], t->shape[1],
-                          x->have_stats ? &x->stats : NULL, x->c->o.solver,
-                          seed_of(x->c, x->index), fn, x, skipped);
+                          x->have_stats ? &x->stats : NULL, x->c->o.solver, seed_of(x->c, x->index),
+                          fn, x, skipped);
 }
 
 sm_status sm_compress_measure(sm_compress *c) {
@@ -447,14 +468,17 @@ sm_status sm_compress_measure(sm_compress *c) {
             s = build(&x, lo, hi, -1, measure_one, &skipped);
             lo = hi;
         }
-        if (s == SM_OK && m->nc == 0)
-            s = sm_fail(SM_ERR_ARG, "no candidate could be built");
+        if (s == SM_OK && m->nc == 0) s = sm_fail(SM_ERR_ARG, "no candidate could be built");
         if (s != SM_OK)
             sm_error_prefix("%s (%lldx%lld): ", m->t->name, (long long)m->t->shape[0],
                             (long long)m->t->shape[1]);
         mwork_free(&x);
-        sm_compress_event ev = {.phase = 1, .index = i, .count = c->nm, .name = m->t->name,
-                                .candidates = m->nc, .seconds = sm_now() - t0};
+        sm_compress_event ev = {.phase = 1,
+                                .index = i,
+                                .count = c->nm,
+                                .name = m->t->name,
+                                .candidates = m->nc,
+                                .seconds = sm_now() - t0};
         if (s == SM_OK && !tell(c, &ev)) s = sm_fail(SM_ERR_IO, "interrupted");
     }
     c->measured = s == SM_OK;
@@ -499,7 +523,8 @@ sm_status sm_compress_allocate(sm_compress *c, int64_t budget) {
         int64_t lo, hi;
         sm_compress_range(c, &lo, &hi);
         if (budget < lo)
-            s = sm_fail(SM_ERR_ARG, "the target of %lld bytes (%.4g bpw) cannot be reached: the "
+            s = sm_fail(SM_ERR_ARG,
+                        "the target of %lld bytes (%.4g bpw) cannot be reached: the "
                         "smallest reachable size with methods %s is %lld bytes (%.4g bpw, %.6g MB)",
                         (long long)budget, 8.0 * (double)budget / (double)c->weights,
                         c->methods_text, (long long)lo, 8.0 * (double)lo / (double)c->weights,
@@ -513,7 +538,8 @@ sm_status sm_compress_allocate(sm_compress *c, int64_t budget) {
     return s;
 }
 
-// --- phase 3 --------------------------------------------------------------------------------------
+// --- phase 3
+// --------------------------------------------------------------------------------------
 
 static sm_status write_one(void *user, int idx, sm_op **op) {
     mwork *x = user;
@@ -591,8 +617,12 @@ sm_status sm_compress_write(sm_compress *c, const char *out_dir, bool force) {
             x.built = NULL;
         }
         mwork_free(&x);
-        sm_compress_event ev = {.phase = 3, .index = i, .count = c->nm, .name = m->t->name,
-                                .spec = m->final_spec, .bytes = m->final_bytes,
+        sm_compress_event ev = {.phase = 3,
+                                .index = i,
+                                .count = c->nm,
+                                .name = m->t->name,
+                                .spec = m->final_spec,
+                                .bytes = m->final_bytes,
                                 .rel_error = m->energy > 0 ? sqrt(m->final_err / m->energy)
                                                            : sqrt(m->final_err),
                                 .seconds = sm_now() - t0};
@@ -607,7 +637,8 @@ sm_status sm_compress_write(sm_compress *c, const char *out_dir, bool force) {
         s = sm_swriter_finish(w);
         w = NULL;
     }
-    if (s == SM_OK) s = sm_atomic_dir_commit(&d);
+    if (s == SM_OK)
+        s = sm_atomic_dir_commit(&d);
     else {
         sm_swriter_abort(w);
         sm_atomic_dir_abort(&d);
@@ -616,7 +647,8 @@ sm_status sm_compress_write(sm_compress *c, const char *out_dir, bool force) {
     return s;
 }
 
-// --- accessors ------------------------------------------------------------------------------------
+// --- accessors
+// ------------------------------------------------------------------------------------
 
 void sm_compress_get_matrix(const sm_compress *c, int i, sm_compress_matrix *out) {
     const cmat *m = &c->m[i];
@@ -644,7 +676,8 @@ void sm_compress_get_candidate(const sm_compress *c, int i, int j, sm_compress_c
                                    cd->err};
 }
 
-// --- curves file ------------------------------------------------------------------------------------
+// --- curves file
+// ------------------------------------------------------------------------------------
 //
 // {"structmat_curves": 1, "model", "methods", "objective", "solver", "seed", "calib_tokens",
 //  "weights", "matrices": [{"name", "rows", "cols", "pinned", "energy", "sigma": [...],
@@ -732,11 +765,12 @@ static sm_status load_curves(sm_compress *c, const char *path, const cJSON *r) {
         num(r, "solver") != c->o.solver || num(r, "seed") != (double)c->o.seed ||
         num(r, "calib_tokens") != tokens || num(r, "weights") != (double)c->weights ||
         cJSON_GetArraySize(ms) != c->nm)
-        return sm_fail(SM_ERR_ARG, "%s: curves made with other options or for another model "
+        return sm_fail(SM_ERR_ARG,
+                       "%s: curves made with other options or for another model "
                        "(methods %s, objective %s, %g calibration tokens, %g weights; now: %s, "
-                       "%s, %g, %lld)", path, methods, obj, num(r, "calib_tokens"),
-                       num(r, "weights"), c->methods_text, obj_name(c->obj), tokens,
-                       (long long)c->weights);
+                       "%s, %g, %lld)",
+                       path, methods, obj, num(r, "calib_tokens"), num(r, "weights"),
+                       c->methods_text, obj_name(c->obj), tokens, (long long)c->weights);
     int i = 0;
     for (const cJSON *o = ms->child; o; o = o->next, i++) {
         cmat *m = &c->m[i];
@@ -744,8 +778,10 @@ static sm_status load_curves(sm_compress *c, const char *path, const cJSON *r) {
         if (!name || strcmp(name, m->t->name) || num(o, "rows") != (double)m->t->shape[0] ||
             num(o, "cols") != (double)m->t->shape[1] || !pin ||
             strcmp(pin, m->pinned ? m->pinned : ""))
-            return sm_fail(SM_ERR_ARG, "%s: matrix %d is %s, the model's is %s (or its pin "
-                           "differs)", path, i, name ? name : "?", m->t->name);
+            return sm_fail(SM_ERR_ARG,
+                           "%s: matrix %d is %s, the model's is %s (or its pin "
+                           "differs)",
+                           path, i, name ? name : "?", m->t->name);
         sm_status s = recipes_of(c, m);
         if (s != SM_OK) return s;
         m->energy = num(o, "energy");
@@ -764,12 +800,13 @@ static sm_status load_curves(sm_compress *c, const char *path, const cJSON *r) {
             double rc = num(e, "recipe"), a = num(e, "a");
             const char *base = str(e, "base"), *spec = str(e, "spec");
             cand *cd = &m->c[m->nc];
-            if (!(rc >= 0 && rc < m->nrc) || !base || !spec ||
-                strcmp(base, m->rc[(int)rc].base) || a != (double)m->rc[(int)rc].a ||
-                num(e, "store") != (double)m->rc[(int)rc].store ||
+            if (!(rc >= 0 && rc < m->nrc) || !base || !spec || strcmp(base, m->rc[(int)rc].base) ||
+                a != (double)m->rc[(int)rc].a || num(e, "store") != (double)m->rc[(int)rc].store ||
                 !(num(e, "bytes") > 0) || !(num(e, "error") >= 0) || !(num(e, "room") > 0))
-                return sm_fail(SM_ERR_FORMAT, "%s: %s: candidate %d does not match this "
-                               "version's ladder", path, name, m->nc);
+                return sm_fail(SM_ERR_FORMAT,
+                               "%s: %s: candidate %d does not match this "
+                               "version's ladder",
+                               path, name, m->nc);
             cd->rc = (int)rc;
             cd->bytes = (int64_t)num(e, "bytes");
             cd->err = num(e, "error");

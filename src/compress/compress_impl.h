@@ -14,10 +14,10 @@
 // same function rebuilds a single one in phase 3 with the same shared step, so the operator
 // written is the one that was measured.
 typedef enum sm_recipe_kind {
-    SM_RECIPE_FIT = 0,  // sm_op_fit(W, base)
-    SM_RECIPE_PREFIX,   // the first `a` levels of sm_op_fit(W, base) (bitstack)
-    SM_RECIPE_LOWRANK,  // rank-a prefix of the rank-rmax (activation-aware) SVD, factors in store
-    SM_RECIPE_LORC,     // sm_op_fit(W, base) + rank-a prefix of the residual's rank-rmax SVD
+    SM_RECIPE_FIT = 0, // sm_op_fit(W, base)
+    SM_RECIPE_PREFIX,  // the first `a` levels of sm_op_fit(W, base) (bitstack)
+    SM_RECIPE_LOWRANK, // rank-a prefix of the rank-rmax (activation-aware) SVD, factors in store
+    SM_RECIPE_LORC,    // sm_op_fit(W, base) + rank-a prefix of the residual's rank-rmax SVD
 } sm_recipe_kind;
 
 typedef struct sm_recipe {
@@ -48,8 +48,8 @@ extern const char *const sm_method_names[SM_M_COUNT];
 
 // The candidate ladder of an (m, n) matrix stored as dtype: *out (malloc'd, *n_out recipes).
 // methods: a bit per method; calib: whether statistics are given (gptq, activation-aware).
-sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool calib,
-                    int solver, sm_recipe **out, int *n_out);
+sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool calib, int solver,
+                    sm_recipe **out, int *n_out);
 // The spec that keeps a matrix stored as dtype exactly ("dense", "dense:dtype=bf16").
 const char *sm_keep_spec(sm_dtype dtype);
 
@@ -60,14 +60,14 @@ typedef sm_status (*sm_build_fn)(void *user, int idx, sm_op **op);
 // Builds recipes [lo, hi) of one group for W (m, n), or only recipe `only` (lo <= only < hi)
 // when only >= 0. Candidates that the shape makes impossible (SM_ERR_SPEC) or whose fit fails
 // numerically are skipped (*skipped counts them); other failures are returned.
-sm_status sm_build_group(const sm_recipe *rc, int lo, int hi, int only, const float *W,
-                         int64_t m, int64_t n, const sm_stats *stats, int solver, uint64_t seed,
+sm_status sm_build_group(const sm_recipe *rc, int lo, int hi, int only, const float *W, int64_t m,
+                         int64_t n, const sm_stats *stats, int solver, uint64_t seed,
                          sm_build_fn fn, void *user, int *skipped);
 
 // --- allocation -------------------------------------------------------------------------------
 
 typedef struct sm_alloc_item {
-    int n;               // candidates
+    int n;                // candidates
     const int64_t *bytes; // (n)
     const double *err;    // (n)
 } sm_alloc_item;

@@ -31,8 +31,8 @@ static sm_status convert(const float *x, int64_t n, sm_dtype dt, void *out) {
         return SM_OK;
     }
     uint16_t *h = out;
-    for (int64_t i = 0; i < n; i++) h[i] = dt == SM_DTYPE_F16 ? sm_f32_to_f16(x[i])
-                                                             : sm_f32_to_bf16(x[i]);
+    for (int64_t i = 0; i < n; i++)
+        h[i] = dt == SM_DTYPE_F16 ? sm_f32_to_f16(x[i]) : sm_f32_to_bf16(x[i]);
     return SM_OK;
 }
 
@@ -40,8 +40,8 @@ sm_status sm_export_dense(const char *model_dir, const char *out_dir, sm_dtype d
     if (dtype != SM_DTYPE_F32 && dtype != SM_DTYPE_F16 && dtype != SM_DTYPE_BF16)
         return sm_fail(SM_ERR_ARG, "export: dtype must be F32, F16 or BF16");
     struct stat sb;
-    if (stat(model_dir, &sb) != 0) return sm_fail(SM_ERR_IO, "%s: no such file or directory",
-                                                  model_dir);
+    if (stat(model_dir, &sb) != 0)
+        return sm_fail(SM_ERR_IO, "%s: no such file or directory", model_dir);
     char *copy = strdup(model_dir);
     char *dir = copy ? strdup(S_ISDIR(sb.st_mode) ? model_dir : dirname(copy)) : NULL;
     free(copy);
@@ -101,7 +101,8 @@ sm_status sm_export_dense(const char *model_dir, const char *out_dir, sm_dtype d
         s = sm_swriter_finish(w);
         w = NULL;
     }
-    if (s == SM_OK) s = sm_atomic_dir_commit(&d);
+    if (s == SM_OK)
+        s = sm_atomic_dir_commit(&d);
     else if (opened) {
         sm_swriter_abort(w);
         sm_atomic_dir_abort(&d);

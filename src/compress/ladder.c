@@ -31,13 +31,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const sm_method_names[SM_M_COUNT] = {
-    "dense", "rtn",   "gptq",      "onebit", "bitstack", "lowrank",
-    "monarch", "blast", "blockdiag", "sparse", "lorc", "pinned"};
+const char *const sm_method_names[SM_M_COUNT] = {"dense",     "rtn",     "gptq",    "onebit",
+                                                 "bitstack",  "lowrank", "monarch", "blast",
+                                                 "blockdiag", "sparse",  "lorc",    "pinned"};
 
 const char *sm_keep_spec(sm_dtype dtype) {
-    return dtype == SM_DTYPE_BF16 ? "dense:dtype=bf16" : dtype == SM_DTYPE_F16 ? "dense:dtype=f16"
-                                                                              : "dense";
+    return dtype == SM_DTYPE_BF16  ? "dense:dtype=bf16"
+           : dtype == SM_DTYPE_F16 ? "dense:dtype=f16"
+                                   : "dense";
 }
 
 typedef struct ladder {
@@ -93,8 +94,8 @@ static int ranks_of(int64_t m, int64_t n, const double *ratios, int nr, int64_t 
 static const char *const k_stores[] = {"f32", "f16", "bf16", "q8", "q4"};
 
 // Quantizer specs of the ladder: bits x groups x rotation.
-static void quantizers(ladder *l, int method, int64_t n, const int *bits, int nb,
-                       const int *groups, int ng, bool lorc, const int64_t *ranks, int nr) {
+static void quantizers(ladder *l, int method, int64_t n, const int *bits, int nb, const int *groups,
+                       int ng, bool lorc, const int64_t *ranks, int nr) {
     const char *name = method == SM_M_GPTQ ? "gptq" : "rtn";
     for (int b = 0; b < nb; b++)
         for (int g = 0; g < ng; g++) {
@@ -119,8 +120,8 @@ static void quantizers(ladder *l, int method, int64_t n, const int *bits, int nb
         }
 }
 
-sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool calib,
-                    int solver, sm_recipe **out, int *n_out) {
+sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool calib, int solver,
+                    sm_recipe **out, int *n_out) {
     ladder l = {0};
     const char *rnd = solver ? ",solver=random" : "";
 #define ON(M) (methods & (1u << (M)))
@@ -136,8 +137,10 @@ sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool
     const int *gq = big ? groups + 1 : groups, ngq = big ? 2 : 3;
     if (ON(SM_M_RTN)) {
         quantizers(&l, SM_M_RTN, n, bits, 3, gq, ngq, false, NULL, 0);
-        if (n % 128 == 0) quantizers(&l, SM_M_RTN, n, bits8, 1, g128, 1, false, NULL, 0);
-        else quantizers(&l, SM_M_RTN, n, bits8, 1, groups, 2, false, NULL, 0);
+        if (n % 128 == 0)
+            quantizers(&l, SM_M_RTN, n, bits8, 1, g128, 1, false, NULL, 0);
+        else
+            quantizers(&l, SM_M_RTN, n, bits8, 1, groups, 2, false, NULL, 0);
     }
     if (ON(SM_M_GPTQ) && calib) quantizers(&l, SM_M_GPTQ, n, bits, 3, gq, ngq, false, NULL, 0);
     if (ON(SM_M_ONEBIT)) fit(&l, SM_M_ONEBIT, "onebit");
@@ -179,8 +182,10 @@ sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool
             fit(&l, SM_M_BLAST, "blast:blocks=4,ratio=0.5,iters=100,dtype=%s", q[s]);
         }
         if (ON(SM_M_BLOCKDIAG)) {
-            if (m % 2 == 0 && n % 2 == 0) fit(&l, SM_M_BLOCKDIAG, "blockdiag:blocks=2,dtype=%s", q[s]);
-            if (m % 4 == 0 && n % 4 == 0) fit(&l, SM_M_BLOCKDIAG, "blockdiag:blocks=4,dtype=%s", q[s]);
+            if (m % 2 == 0 && n % 2 == 0)
+                fit(&l, SM_M_BLOCKDIAG, "blockdiag:blocks=2,dtype=%s", q[s]);
+            if (m % 4 == 0 && n % 4 == 0)
+                fit(&l, SM_M_BLOCKDIAG, "blockdiag:blocks=4,dtype=%s", q[s]);
         }
     }
     if (ON(SM_M_SPARSE)) {
@@ -192,8 +197,8 @@ sm_status sm_ladder(int64_t m, int64_t n, sm_dtype dtype, unsigned methods, bool
         int64_t ranks[4];
         int nr = ranks_of(m, n, ratios, 3, ranks);
         static const int b23[] = {2, 3}, g[] = {64, 128};
-        quantizers(&l, calib && ON(SM_M_GPTQ) ? SM_M_GPTQ : SM_M_RTN, n, b23, 2, g, 2, true,
-                   ranks, nr);
+        quantizers(&l, calib && ON(SM_M_GPTQ) ? SM_M_GPTQ : SM_M_RTN, n, b23, 2, g, 2, true, ranks,
+                   nr);
     }
 #undef ON
     (void)k_stores;
@@ -244,8 +249,10 @@ static sm_status lowrank_from(const float *L, const float *R, int64_t m, int64_t
             }
         np += a + b;
         char lr[64];
-        if (store == SM_STORE_F32) snprintf(lr, sizeof lr, "lowrank:rank=%lld", (long long)r);
-        else snprintf(lr, sizeof lr, "lowrank:rank=%lld,dtype=%s", (long long)r, k_stores[store]);
+        if (store == SM_STORE_F32)
+            snprintf(lr, sizeof lr, "lowrank:rank=%lld", (long long)r);
+        else
+            snprintf(lr, sizeof lr, "lowrank:rank=%lld,dtype=%s", (long long)r, k_stores[store]);
         snprintf(spec, sizeof spec, "%s%s%s", first ? first_spec : "", first ? "+" : "", lr);
         st = sm_op_from_parts(spec, m, n, parts, np, out);
     }
@@ -256,8 +263,7 @@ static sm_status lowrank_from(const float *L, const float *R, int64_t m, int64_t
 
 // L (m, rmax), R (rmax, n): the rank-rmax factors of A, activation-aware with a Gram.
 static sm_status svd_factors(const float *A, int64_t m, int64_t n, int64_t rmax,
-                             const sm_stats *stats, int solver, uint64_t seed, float *L,
-                             float *R) {
+                             const sm_stats *stats, int solver, uint64_t seed, float *L, float *R) {
     sm_svd_solver sv = {.kind = solver, .p = 20, .q = 4, .seed = seed};
     if (stats && stats->gram) return sm_act_lowrank_factors(A, m, n, rmax, &sv, stats, L, R);
     return sm_lowrank_factors(A, m, n, n, rmax, &sv, L, rmax, R, n);
@@ -269,8 +275,8 @@ static sm_status emit(sm_build_fn fn, void *user, int idx, sm_op *op) {
     return st;
 }
 
-sm_status sm_build_group(const sm_recipe *rc, int lo, int hi, int only, const float *W,
-                         int64_t m, int64_t n, const sm_stats *stats, int solver, uint64_t seed,
+sm_status sm_build_group(const sm_recipe *rc, int lo, int hi, int only, const float *W, int64_t m,
+                         int64_t n, const sm_stats *stats, int solver, uint64_t seed,
                          sm_build_fn fn, void *user, int *skipped) {
     sm_fit_opts fo = {.seed = seed, .stats = stats};
     const sm_recipe *r0 = &rc[lo];
@@ -325,8 +331,8 @@ sm_status sm_build_group(const sm_recipe *rc, int lo, int hi, int only, const fl
     } else {
         for (int i = first; i < last && st == SM_OK; i++) {
             sm_op *op = NULL;
-            st = lowrank_from(L, R, m, n, rmax, rc[i].a, rc[i].store, q ? sm_op_spec(q) : NULL,
-                              q, &op);
+            st = lowrank_from(L, R, m, n, rmax, rc[i].a, rc[i].store, q ? sm_op_spec(q) : NULL, q,
+                              &op);
             if (skippable(st)) {
                 (*skipped)++;
                 st = SM_OK;

@@ -185,7 +185,8 @@ sm_status sm_swriter_finish(sm_swriter *w) {
     if (w->nentries) sb_put(&h, w->entries.p, w->entries.n);
     sb_put(&h, "}", 1);
     sm_status s = SM_OK;
-    if (h.oom) s = sm_fail(SM_ERR_ALLOC, "out of memory");
+    if (h.oom)
+        s = sm_fail(SM_ERR_ALLOC, "out of memory");
     else if ((int64_t)h.n > w->room)
         s = sm_fail(SM_ERR_FORMAT, "%s: the header needs %zu bytes, %lld were reserved (a bug)",
                     w->path, h.n, (long long)w->room);
@@ -198,8 +199,8 @@ sm_status sm_swriter_finish(sm_swriter *w) {
             for (int i = 0; i < 8; i++) buf[i] = (uint8_t)(len >> (8 * i));
             memcpy(buf + 8, h.p, h.n);
             memset(buf + 8 + h.n, ' ', (size_t)w->room - h.n);
-            if (lseek(w->fd, 0, SEEK_SET) < 0) s = sm_fail(SM_ERR_IO, "%s: seek: %s", w->path,
-                                                          strerror(errno));
+            if (lseek(w->fd, 0, SEEK_SET) < 0)
+                s = sm_fail(SM_ERR_IO, "%s: seek: %s", w->path, strerror(errno));
             if (s == SM_OK) s = write_all(w, buf, (size_t)(8 + w->room));
             free(buf);
         }
@@ -219,7 +220,8 @@ sm_status sm_swriter_finish(sm_swriter *w) {
     return s;
 }
 
-// --- operators ------------------------------------------------------------------------------------
+// --- operators
+// ------------------------------------------------------------------------------------
 
 // A plain dense operator (f32, f16, bf16) is written as an ordinary tensor.
 static bool is_plain(const sm_op *op) {
@@ -246,8 +248,8 @@ sm_status sm_swriter_add_op(sm_swriter *w, const char *name, const sm_op *op) {
     sm_status s = sm_op_parts(op, &parts, &np);
     if (s != SM_OK) return s;
     if (is_plain(op) && np == 1) {
-        s = sm_swriter_add(w, name, sm_dtype_name(parts[0].dtype), 2, parts[0].shape,
-                           parts[0].data, parts[0].nbytes);
+        s = sm_swriter_add(w, name, sm_dtype_name(parts[0].dtype), 2, parts[0].shape, parts[0].data,
+                           parts[0].nbytes);
         free(parts);
         return s;
     }
@@ -292,7 +294,8 @@ void sm_release_pages(const void *p, size_t n) {
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
-// --- config.json and tokenizer files ---------------------------------------------------------------
+// --- config.json and tokenizer files
+// ---------------------------------------------------------------
 
 static sm_status write_text(const char *path, const char *text, size_t len) {
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -301,8 +304,10 @@ static sm_status write_text(const char *path, const char *text, size_t len) {
     while (len > 0 && s == SM_OK) {
         ssize_t k = write(fd, text, len);
         if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) s = sm_fail(SM_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-        else text += k, len -= (size_t)k;
+        if (k <= 0)
+            s = sm_fail(SM_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+        else
+            text += k, len -= (size_t)k;
     }
     if (close(fd) != 0 && s == SM_OK)
         s = sm_fail(SM_ERR_IO, "%s: close failed: %s", path, strerror(errno));
@@ -326,13 +331,16 @@ sm_status sm_copy_config(const char *src_dir, const char *dst_dir, bool remove) 
             cJSON_AddNumberToObject(sm, "format_version", SM_FORMAT_VERSION);
         }
         char *out = cJSON_Print(c);
-        if (!out) s = sm_fail(SM_ERR_ALLOC, "out of memory");
+        if (!out)
+            s = sm_fail(SM_ERR_ALLOC, "out of memory");
         else {
             size_t len = strlen(out);
             out[len] = 0;
             char *nl = NULL;
-            if (asprintf(&nl, "%s\n", out) < 0) s = sm_fail(SM_ERR_ALLOC, "out of memory");
-            else s = write_text(dst, nl, len + 1);
+            if (asprintf(&nl, "%s\n", out) < 0)
+                s = sm_fail(SM_ERR_ALLOC, "out of memory");
+            else
+                s = write_text(dst, nl, len + 1);
             free(nl);
             cJSON_free(out);
         }
@@ -340,15 +348,16 @@ sm_status sm_copy_config(const char *src_dir, const char *dst_dir, bool remove) 
     cJSON_Delete(c);
     free(text);
     // Tokenizer files travel with the model (small files, copied whole).
-    static const char *const extra[] = {"tokenizer.bin",         "tokenizer.json",
-                                        "tokenizer.model",       "tokenizer_config.json",
+    static const char *const extra[] = {"tokenizer.bin",           "tokenizer.json",
+                                        "tokenizer.model",         "tokenizer_config.json",
                                         "special_tokens_map.json", "generation_config.json"};
     for (size_t i = 0; i < sizeof extra / sizeof *extra && s == SM_OK; i++) {
         char *a = NULL, *b = NULL, *data = NULL;
         struct stat sb;
         if (asprintf(&a, "%s/%s", src_dir, extra[i]) < 0) a = NULL;
         if (asprintf(&b, "%s/%s", dst_dir, extra[i]) < 0) b = NULL;
-        if (!a || !b) s = sm_fail(SM_ERR_ALLOC, "out of memory");
+        if (!a || !b)
+            s = sm_fail(SM_ERR_ALLOC, "out of memory");
         else if (stat(a, &sb) == 0 && S_ISREG(sb.st_mode)) {
             s = sm_read_file(a, &data, &size, (size_t)1 << 30);
             if (s == SM_OK) s = write_text(b, data, size);
