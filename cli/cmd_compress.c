@@ -81,20 +81,44 @@ static void on_signal(int sig) {
 typedef struct run {
     cli_common c;
     sm_progress pr;
-    bool measuring;
+    const sm_compress *cz;
     sm_op **kept; // (count) operators kept for --probe
 } run;
 
+static void layer_type(const char *name, char *out, size_t cap);
+
+// The row of matrix i, as it is written: text or one JSON object.
+static void print_row(const run *r, int i) {
+    sm_compress_matrix mx;
+    sm_compress_get_matrix(r->cz, i, &mx);
+    sm_compress_candidate cd;
+    sm_compress_get_candidate(r->cz, i, mx.chosen, &cd);
+    double bpw = 8.0 * (double)mx.final_bytes / (double)(mx.rows * mx.cols);
+    double rel = mx.energy > 0 ? sqrt(mx.final_error / mx.energy) : 0;
+    char t[48];
+    layer_type(mx.name, t, sizeof t);
+    if (r->pr.tty) fprintf(stderr, "\r\033[K"); // the bar's line, redrawn after the row
+    if (r->c.json) {
+        printf("{\"tensor\":");
+        cli_json_str(stdout, mx.name);
+        printf(",\"layer_type\":\"%s\",\"method\":\"%s\",\"spec\":", t, cd.method);
+        cli_json_str(stdout, mx.final_spec);
+        printf(",\"shape\":[%lld,%lld],\"bytes\":%lld,\"bpw\":%.6g,\"rel_error\":%.6g}\n",
+               (long long)mx.rows, (long long)mx.cols, (long long)mx.final_bytes, bpw, rel);
+    } else {
+        printf("%-44s %-52s %10lld %7.3f %10.5f\n", mx.name, mx.final_spec,
+               (long long)mx.final_bytes, bpw, rel);
+    }
+    fflush(stdout);
+}
+
 static bool progress(void *user, const sm_compress_event *ev) {
     run *r = user;
-    if (ev->phase == 1) {
-        sm_progress_step(&r->pr, ev->index + 1, ev->name);
-        if (!r->pr.tty && !r->c.json)
-            fprintf(stderr, "measure [%d/%d] %s: %d candidates, %.2f s\n", ev->index + 1, ev->count,
-                    ev->name, ev->candidates, ev->seconds);
-    } else {
-        sm_progress_step(&r->pr, ev->index + 1, ev->name);
-    }
+    if (ev->phase == 1 && !r->pr.tty && !r->c.json)
+        fprintf(stderr, "measure [%d/%d] %s: %d candidates, %.2f s\n", ev->index + 1, ev->count,
+                ev->name, ev->candidates, ev->seconds);
+    if (ev->phase == 3) print_row(r, ev->index);
+    sm_progress_step(&r->pr, ev->index + 1, ev->name);
     return !g_interrupted;
 }
 
@@ -281,6 +305,7 @@ static int compress_run(const args *a) {
         sm_calib_free(cal);
         return cli_fail("compress", NULL);
     }
+    r.cz = cz;
     int n = sm_compress_count(cz);
     int64_t wts = sm_compress_weights(cz), budget = 0;
     if (a->target && sm_compress_parse_size(cz, a->target, &budget) != SM_OK)
@@ -345,24 +370,7 @@ static int compress_run(const args *a) {
     for (int i = 0; !rc && i < n; i++) {
         sm_compress_matrix mx;
         sm_compress_get_matrix(cz, i, &mx);
-        sm_compress_candidate cd;
-        sm_compress_get_candidate(cz, i, mx.chosen, &cd);
         total += mx.final_bytes;
-        double bpw = 8.0 * (double)mx.final_bytes / (double)(mx.rows * mx.cols);
-        double rel = mx.energy > 0 ? sqrt(mx.final_error / mx.energy) : 0;
-        char t[48];
-        layer_type(mx.name, t, sizeof t);
-        if (a->c.json) {
-            printf("{\"tensor\":");
-            cli_json_str(stdout, mx.name);
-            printf(",\"layer_type\":\"%s\",\"method\":\"%s\",\"spec\":", t, cd.method);
-            cli_json_str(stdout, mx.final_spec);
-            printf(",\"shape\":[%lld,%lld],\"bytes\":%lld,\"bpw\":%.6g,\"rel_error\":%.6g}\n",
-                   (long long)mx.rows, (long long)mx.cols, (long long)mx.final_bytes, bpw, rel);
-        } else {
-            printf("%-44s %-52s %10lld %7.3f %10.5f\n", mx.name, mx.final_spec,
-                   (long long)mx.final_bytes, bpw, rel);
-        }
     }
     if (!rc && !a->c.json) {
         by_type(cz, false);
