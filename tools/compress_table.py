@@ -62,8 +62,8 @@ def main():
     weights = None
     nll_cache = {}
 
-    def nll(d):  # cached next to the model (a rerun reuses what is done)
-        f = d.rstrip("/") + ".nll"
+    def nll(d):  # cached in the work directory (a rerun reuses what is done)
+        f = os.path.join(work, os.path.basename(d.rstrip("/")) + ".nll")
         if d not in nll_cache:
             if os.path.exists(f):
                 nll_cache[d] = float(open(f).read())
