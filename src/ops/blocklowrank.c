@@ -3,12 +3,18 @@
 //   W_ij = U_ij V_ij,  U_ij (m/K, T), V_ij (T, n/K).
 // The blocks are disjoint, so a truncated SVD of each block is the Frobenius-optimal fit
 // (Eckart-Young per block). nparams = K T (m + n).
+// With calibration statistics (sm_fit_opts.stats) the fit minimises tr(dW (H + lambda I) dW^T)
+// instead: block rows are independent, and within one the blocks couple through H's off-diagonal
+// blocks, so each block row starts from the per-block SVDs and runs block coordinate descent,
+// every step the exact whitened SVD of one block given the others (sm_act_blockrow_fit).
+// With blocks=1 that is lowrank's activation-aware closed form.
 // Storage (chosen so apply is 2K matrix products, not 2K^2):
 //   "U" (K, m/K, K T): U[i][r][j T + t] = U_ij[r][t]   (block row i holds [U_i0 ... U_i,K-1])
 //   "V" (K, K T, n/K): V[j][i T + t][c] = V_ij[t][c]   (block column j holds the V_ij stacked)
 // (q8/q4: "U.codes"/"U.scales" over (m, K T) rows and "V.codes"/"V.scales" over (K K T, n/K).)
 //
 // This file also holds sm_resolve_block_rank, shared with monarch.c.
+#include "actaware.h"
 #include "op_impl.h"
 
 #include <cblas.h>
@@ -64,7 +70,6 @@ static blr *blr_new(int64_t K, int64_t T, int64_t m, int64_t n) {
 }
 
 static sm_status blr_fit(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o) {
-    (void)o;
     int64_t K, T, m = op->m, n = op->n;
     sm_store store;
     sm_status st = blr_blocks(t, m, n, &K);
@@ -83,6 +88,19 @@ static sm_status blr_fit(sm_op *op, const sm_term *t, const float *W, const sm_f
         for (int64_t j = 0; j < K && st == SM_OK; j++)
             st = sm_lowrank_factors(W + i * mb * n + j * nb, mb, nb, n, T, NULL,
                                     U + i * mb * KT + j * T, KT, V + (j * KT + i * T) * nb, nb);
+    if (st == SM_OK && o && o->stats) { // block row i: rows [i mb, (i+1) mb)
+        sm_act_blocks ab;
+        st = sm_act_blocks_init(o->stats, n, K, &ab);
+        double e0 = 0, e1 = 0, a0, a1;
+        for (int64_t i = 0; i < K && st == SM_OK; i++) {
+            st = sm_act_blockrow_fit(&ab, W + i * mb * n, n, mb, T, U + i * mb * KT, KT, T,
+                                     V + i * T * nb, nb, KT * nb, SM_ACT_SWEEPS, &a0, &a1);
+            e0 += a0, e1 += a1;
+        }
+        if (st == SM_OK && o->verbose)
+            fprintf(stderr, "blocklowrank: activation-aware objective %.6g -> %.6g\n", e0, e1);
+        sm_act_blocks_free(&ab);
+    }
     if (st == SM_OK) st = sm_factor_init(&b->U, m, KT, store, U, KT);
     if (st == SM_OK) st = sm_factor_init(&b->V, K * KT, nb, store, V, nb);
     sm_free(U), sm_free(V);

@@ -10,12 +10,21 @@
 // intermediate indices f = k Q + t K + l (t < T):
 //   W[i K + l][k p + c] = sum_t f2[l][i][k T + t] f1[k][t K + l][c].
 // The blocks are disjoint, so the per-block truncated SVD is the Frobenius-optimal fit.
+// With calibration statistics (sm_fit_opts.stats) the fit minimises tr(dW (H + lambda I) dW^T):
+// the rank-T blocks of block row l (rows {i K + l}) couple through H's off-diagonal blocks, and
+// block rows do not couple at all (the objective sums over rows). So rather than alternating
+// between f1 and f2 as wholes, each block row starts from the per-block SVDs and runs block
+// coordinate descent, every step the exact whitened SVD of one block given the others
+// (sm_act_blockrow_fit): each step is the exact optimum over all of that block's rank-T
+// matrices, which no f1/f2 half-step is, and the objective never rises.
 // Default T = min(in, out) / K^2 (the reference MonarchLinear); nparams = macs = K T (in + out).
 // Parts: "f1" (K, K T, in/K), "f2" (K, out/K, K T) (q8/q4: "f1.codes"/"f1.scales" over the
 // (K K T, in/K) rows and "f2.codes"/"f2.scales" over the (out, K T) rows).
+#include "actaware.h"
 #include "op_impl.h"
 
 #include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,7 +88,6 @@ static monarch *monarch_new(int64_t K, int64_t T, int64_t m, int64_t n) {
 }
 
 static sm_status monarch_fit(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o) {
-    (void)o;
     int64_t K, T, m = op->m, n = op->n;
     sm_store store;
     sm_status st = monarch_sizes(t, m, n, &K, &T);
@@ -100,6 +108,19 @@ static sm_status monarch_fit(sm_op *op, const sm_term *t, const float *W, const 
         for (int64_t l = 0; l < K && st == SM_OK; l++)
             st = sm_lowrank_factors(W + l * n + k * p, s, p, K * n, T, NULL, F2 + l * s * Q + k * T,
                                     Q, F1 + (k * Q + l) * p, K * p);
+    if (st == SM_OK && o && o->stats) { // block row l: rows l, l + K, ...; block (k, l) as above
+        sm_act_blocks ab;
+        st = sm_act_blocks_init(o->stats, n, K, &ab);
+        double e0 = 0, e1 = 0, a0, a1;
+        for (int64_t l = 0; l < K && st == SM_OK; l++) {
+            st = sm_act_blockrow_fit(&ab, W + l * n, K * n, s, T, F2 + l * s * Q, Q, T,
+                                     F1 + l * p, K * p, Q * p, SM_ACT_SWEEPS, &a0, &a1);
+            e0 += a0, e1 += a1;
+        }
+        if (st == SM_OK && o->verbose)
+            fprintf(stderr, "monarch: activation-aware objective %.6g -> %.6g\n", e0, e1);
+        sm_act_blocks_free(&ab);
+    }
     if (st == SM_OK) st = sm_factor_init(&mo->f1, K * Q, p, store, F1, p);
     if (st == SM_OK) st = sm_factor_init(&mo->f2, m, Q, store, F2, Q);
     sm_free(F1), sm_free(F2);
