@@ -12,6 +12,13 @@
 // spec then records the damping that succeeded (e.g. damp=0.1 where 0.01 was asked), which is
 // how the retry is reported (the library does not print). Storage, apply and parts are rtn's
 // (rtn.c); with rotate=hadamard, W and H are rotated (H' = T_n H T_n^T) before quantizing.
+//
+// keep-outliers=N: the N largest-|w| weights of W are fixed, i.e. treated as exact. Without
+// rotation each keeps its value as GPTQ has updated it when its column comes up (so it absorbs
+// the errors of earlier columns, as the rest of its column does), is left out of its group's
+// grid, and propagates nothing (its error is 0); the kept value stored is that updated one. With
+// rotation single weights do not survive the transform, so they are set to 0 before rotating and
+// their original values are kept (as rtn does).
 #include "quant.h"
 
 #include <cblas.h>
@@ -53,6 +60,25 @@ static int by_diag_desc(const void *a, const void *b) { // ties keep the lower i
 sm_status sm_gptq_quantize(const float *W0, int64_t m, int64_t n, const double *H0,
                            const sm_qspec *qs, double percdamp, bool actorder, sm_qmat *q,
                            float *Eout, int64_t *perm_out, sm_gptq_info *info) {
+    return sm_gptq_quantize_keep(W0, m, n, H0, qs, percdamp, actorder, NULL, NULL, q, Eout,
+                                 perm_out, info);
+}
+
+// A group's grid, fitted from w (len) without its kept entries (keep in the same order; NULL:
+// none), which are replaced by 0 (inside every grid's range) in tmp.
+static void grid_fit(const float *w, const uint8_t *keep, int64_t len, const sm_qspec *qs,
+                     float *tmp, sm_qgrid *g) {
+    if (keep) {
+        for (int64_t i = 0; i < len; i++) tmp[i] = keep[i] ? 0.0f : w[i];
+        w = tmp;
+    }
+    sm_qgrid_fit(w, len, qs->bits, qs->sym, g);
+}
+
+sm_status sm_gptq_quantize_keep(const float *W0, int64_t m, int64_t n, const double *H0,
+                                const sm_qspec *qs, double percdamp, bool actorder,
+                                const uint8_t *keep0, float *kept, sm_qmat *q, float *Eout,
+                                int64_t *perm_out, sm_gptq_info *info) {
     const int64_t G = qs->group, ng = n / G;
     // Blocks hold whole groups, so a group's grid is chosen from weights that have every
     // earlier column's update applied (GPTQ's own code reads them before the in-block updates).
@@ -68,8 +94,13 @@ sm_status sm_gptq_quantize(const float *W0, int64_t m, int64_t n, const double *
     int64_t *perm = sm_alloc((size_t)n * sizeof(int64_t));
     diag_key *keys = sm_alloc((size_t)n * sizeof(diag_key));
     sm_qgrid *grids = sm_alloc((size_t)(m * (actorder ? ng : 1)) * sizeof(sm_qgrid));
+    // keep in processing order, and the current block's part of it (m, bs); a group's scratch
+    uint8_t *keep = keep0 ? sm_alloc((size_t)(m * n)) : NULL;
+    uint8_t *K1 = keep0 ? sm_alloc((size_t)(m * bs)) : NULL;
+    float *gtmp = sm_alloc((size_t)G * sizeof(float));
     sm_status st = SM_OK;
-    if (!H || !work || !U || !W || !W1 || !E1 || !codes || !perm || !keys || !grids) {
+    if (!H || !work || !U || !W || !W1 || !E1 || !codes || !perm || !keys || !grids || !gtmp ||
+        (keep0 && (!keep || !K1))) {
         st = sm_fail(SM_ERR_ALLOC, "gptq: out of memory for a %lldx%lld matrix",
                      (long long)m, (long long)n);
         goto done;
@@ -94,11 +125,15 @@ sm_status sm_gptq_quantize(const float *W0, int64_t m, int64_t n, const double *
         qsort(keys, (size_t)n, sizeof *keys, by_diag_desc);
         for (int64_t r = 0; r < m; r++) // static groups: grids of the original weights
             for (int64_t g = 0; g < ng; g++)
-                sm_qgrid_fit(Wd + r * n + g * G, G, qs->bits, qs->sym, &grids[r * ng + g]);
+                grid_fit(Wd + r * n + g * G, keep0 ? keep0 + r * n + g * G : NULL, G, qs, gtmp,
+                         &grids[r * ng + g]);
     }
     for (int64_t i = 0; i < n; i++) perm[i] = keys[i].i;
     for (int64_t r = 0; r < m; r++)
         for (int64_t i = 0; i < n; i++) W[r * n + i] = Wd[r * n + perm[i]];
+    if (keep0)
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t i = 0; i < n; i++) keep[r * n + i] = keep0[r * n + perm[i]] != 0;
     sm_free(Wd);
     for (int64_t i = 0; i < n; i++) // H in processing order (work as scratch)
         for (int64_t j = 0; j < n; j++) work[i * n + j] = H[perm[i] * n + perm[j]];
@@ -125,11 +160,14 @@ sm_status sm_gptq_quantize(const float *W0, int64_t m, int64_t n, const double *
         int64_t i2 = i1 + bs < n ? i1 + bs : n, cnt = i2 - i1;
         for (int64_t r = 0; r < m; r++)
             memcpy(W1 + r * cnt, W + r * n + i1, (size_t)cnt * sizeof(float));
+        if (keep)
+            for (int64_t r = 0; r < m; r++) memcpy(K1 + r * cnt, keep + r * n + i1, (size_t)cnt);
         for (int64_t i = 0; i < cnt; i++) {
             int64_t col = i1 + i;
             if (!actorder && col % G == 0) // a fresh grid from the weights as updated so far
                 for (int64_t r = 0; r < m; r++) {
-                    sm_qgrid_fit(W1 + r * cnt + i, G, qs->bits, qs->sym, &grids[r]);
+                    grid_fit(W1 + r * cnt + i, keep ? K1 + r * cnt + i : NULL, G, qs, gtmp,
+                             &grids[r]);
                     sm_qmat_set_grid(q, r, col / G, &grids[r]);
                 }
             float d = U[col * n + col];
@@ -137,6 +175,12 @@ sm_status sm_gptq_quantize(const float *W0, int64_t m, int64_t n, const double *
             for (int64_t r = 0; r < m; r++) {
                 const sm_qgrid *gr = actorder ? &grids[r * ng + perm[col] / G] : &grids[r];
                 float *w = W1 + r * cnt;
+                if (keep && K1[r * cnt + i]) { // fixed: exact, nothing to propagate
+                    codes[r * n + col] = (uint8_t)sm_qgrid_code(gr, 0.0f);
+                    kept[r * n + perm[col]] = w[i];
+                    E1[r * cnt + i] = 0;
+                    continue;
+                }
                 int c = sm_qgrid_code(gr, w[i]);
                 codes[r * n + col] = (uint8_t)c;
                 float e = (w[i] - sm_qgrid_value(gr, c)) / d;
@@ -165,6 +209,7 @@ sm_status sm_gptq_quantize(const float *W0, int64_t m, int64_t n, const double *
 done:
     sm_free(H), sm_free(work), sm_free(U), sm_free(W), sm_free(W1), sm_free(E1);
     sm_free(codes), sm_free(perm), sm_free(keys), sm_free(grids);
+    sm_free(keep), sm_free(K1), sm_free(gtmp);
     return st;
 }
 
@@ -191,15 +236,25 @@ static sm_status gptq_fit(sm_op *op, const sm_term *t, const float *W, const sm_
     if ((st = sm_qop_new(&qs, m, n, opts->seed, &o)) != SM_OK) return st;
     const float *src = W;
     const double *H = stats->gram;
-    float *rw = NULL;
+    float *rw = NULL, *kept = NULL;
     double *rh = NULL;
-    if (qs.rotate) { // W' = T_m W T_n^T, H' = T_n H T_n^T (rows, then the columns as rows)
+    uint8_t *keep = NULL;
+    st = sm_qout_select(W, m, n, qs.keep, &o->out);
+    if (st == SM_OK && qs.keep && !qs.rotate) { // fixed inside GPTQ (sm_gptq_quantize_keep)
+        keep = sm_calloc((size_t)(m * n), 1);
+        kept = sm_alloc((size_t)(m * n) * sizeof(float));
+        st = keep && kept ? SM_OK : sm_fail(SM_ERR_ALLOC, "gptq: out of memory");
+        for (int64_t k = 0; st == SM_OK && k < o->out.count; k++) keep[o->out.idx[k]] = 1;
+    }
+    // W' = T_m W T_n^T, H' = T_n H T_n^T (rows, then the columns as rows)
+    if (st == SM_OK && qs.rotate) {
         rw = sm_alloc((size_t)(m * n) * sizeof(float));
         rh = sm_alloc((size_t)(n * n) * sizeof(double));
         double *tmp = sm_alloc((size_t)(n * n) * sizeof(double));
         st = rw && rh && tmp ? SM_OK : sm_fail(SM_ERR_ALLOC, "gptq: out of memory");
         if (st == SM_OK) {
             memcpy(rw, W, (size_t)(m * n) * sizeof(float));
+            for (int64_t k = 0; k < o->out.count; k++) rw[o->out.idx[k]] = 0; // kept as they are
             st = sm_qop_rotate_weights(o, rw, m, n);
         }
         if (st == SM_OK) {
@@ -217,8 +272,12 @@ static sm_status gptq_fit(sm_op *op, const sm_term *t, const float *W, const sm_
     }
     sm_gptq_info info = {0};
     if (st == SM_OK)
-        st = sm_gptq_quantize(src, m, n, H, &qs, damp, actorder, &o->q, NULL, NULL, &info);
-    sm_free(rw), sm_free(rh);
+        st = sm_gptq_quantize_keep(src, m, n, H, &qs, damp, actorder, keep, kept, &o->q, NULL,
+                                   NULL, &info);
+    for (int64_t k = 0; st == SM_OK && keep && k < o->out.count; k++)
+        o->out.val[k] = kept[o->out.idx[k]]; // the value GPTQ's updates left it at
+    if (st == SM_OK) st = sm_qop_outliers_finish(o, m, n);
+    sm_free(rw), sm_free(rh), sm_free(keep), sm_free(kept);
     if (st != SM_OK) {
         sm_qop_free(o);
         return st;
@@ -235,14 +294,16 @@ static sm_status gptq_fit(sm_op *op, const sm_term *t, const float *W, const sm_
 
 const sm_op_vtbl sm_vtbl_gptq = {
     .name = "gptq",
-    .keys = "bits,group,sym,asym,damp,actorder,rotate",
+    .keys = "bits,group,sym,asym,damp,actorder,rotate,keep-outliers",
     .help = "  bits=B       code width: 2, 3, 4 or 8 (required); needs calibration statistics\n"
             "  group=64     weights per F16 scale along a row (must divide the row length)\n"
             "  asym         zero point per group (default); sym: none, w = s (q - 2^(B-1))\n"
             "  damp=0.01    lambda = damp * mean(diag H); raised 10x (up to 4 times) while the\n"
             "               Cholesky fails, the canonical spec recording the damp that worked\n"
             "  actorder     columns by decreasing diag(H), grids fixed from the original W\n"
-            "  rotate=none  hadamard: quantize T_m W T_n^T against T_n H T_n^T",
+            "  rotate=none  hadamard: quantize T_m W T_n^T against T_n H T_n^T\n"
+            "  keep-outliers=0  the N largest-|w| weights fixed (exact, no error propagated)\n"
+            "               and kept in F32 with an int32 index",
     .fit = gptq_fit,
     .load = sm_qop_load,
     .apply = sm_qop_apply,

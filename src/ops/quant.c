@@ -2,6 +2,7 @@
 #include "quant.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 void sm_qgrid_fit(const float *w, int64_t len, int bits, bool sym, sm_qgrid *g) {
@@ -192,6 +193,25 @@ sm_status sm_qspec_from_term(const sm_term *t, int64_t m, int64_t n, sm_qspec *o
         snprintf(what, sizeof what, "%s (out features)", t->name);
         if ((st = sm_rht_check(m, what)) != SM_OK) return st;
     }
+    const sm_item *ko = sm_term_find(t, "keep-outliers");
+    if (ko) {
+        char *end = NULL;
+        long long v = ko->flag ? -1 : strtoll(ko->value, &end, 10);
+        if (ko->flag || !end || *end || end == ko->value || v < 0)
+            return sm_fail(SM_ERR_SPEC,
+                           "%s: keep-outliers=%s: expected a whole number N >= 0 of weights to "
+                           "keep in full precision", t->name, ko->flag ? "" : ko->value);
+        if (v > m * n)
+            return sm_fail(SM_ERR_SPEC,
+                           "%s: keep-outliers=%lld is more than the %lld weights of a %lldx%lld "
+                           "matrix", t->name, v, (long long)(m * n), (long long)m, (long long)n);
+        if (v > 0 && m * n > INT32_MAX)
+            return sm_fail(SM_ERR_SPEC,
+                           "%s: keep-outliers: a %lldx%lld matrix has more weights than the "
+                           "int32 outlier indices address (2^31 - 1)", t->name, (long long)m,
+                           (long long)n);
+        out->keep = v;
+    }
     return SM_OK;
 }
 
@@ -203,6 +223,7 @@ void sm_qspec_canon(const sm_qspec *qs, sm_canon *c) {
 
 void sm_qspec_canon_rot(const sm_qspec *qs, sm_canon *c) {
     if (qs->rotate) sm_canon_add(c, "rotate", "hadamard");
+    if (qs->keep) sm_canon_add(c, "keep-outliers", "%lld", (long long)qs->keep);
 }
 
 // --- sign matrices and F16 vectors --------------------------------------------------------------

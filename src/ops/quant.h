@@ -75,21 +75,58 @@ typedef struct sm_qspec {
     int bits;
     int64_t group;
     bool sym, rotate;
+    int64_t keep; // keep-outliers=N: weights kept in full precision (0: none)
 } sm_qspec;
 
 // bits=B (2, 3, 4, 8; required), group=G (divides n; default 64), sym | asym (default asym),
-// rotate=none|hadamard, for an (m, n) matrix.
+// rotate=none|hadamard, keep-outliers=N (0 <= N <= m n, m n < 2^31 when N > 0), for an (m, n)
+// matrix.
 sm_status sm_qspec_from_term(const sm_term *t, int64_t m, int64_t n, sm_qspec *out);
 // Errors for a key given a value when it is a flag (sym, asym, actorder, aware).
 sm_status sm_term_check_flag(const sm_term *t, const char *key);
 
 // --- the rtn / gptq operator ---------------------------------------------------------------------
 
-// Ŵ = T_m^T deq(Q) T_n with the rotations of hadamard.h (identity when not rotated).
+// --- outliers kept in full precision (keep-outliers=N) ----------------------------------------
+
+// A sparse term S added to a quantized matrix: the N largest-|w| weights of W keep their value
+// (F32) and are excluded from quantization (outliers.c). S holds corr = val - (the quantized
+// part's value at the same place), so Ŵ = quantized part + S has exactly val there.
+typedef struct sm_qout {
+    int64_t count;
+    int32_t *idx; // (count) flat indices r n + c, ascending
+    float *val;   // (count) the kept weights (stored)
+    float *corr;  // (count) val - the quantized part there (derived at fit and load, not stored)
+} sm_qout;
+
+sm_status sm_qout_alloc(sm_qout *o, int64_t count);
+void sm_qout_free(sm_qout *o);
+// The count largest |W| of W (m, n) (ties: the lower flat index), idx ascending, val = W there.
+sm_status sm_qout_select(const float *W, int64_t m, int64_t n, int64_t count, sm_qout *o);
+// corr = val - D[idx] for D (m, n) the quantized part alone.
+void sm_qout_set_corr(sm_qout *o, const float *D);
+// Y (N, m) += X (N, n) S^T.
+void sm_qout_apply(const sm_qout *o, int64_t m, int64_t n, int64_t N, const float *X, float *Y);
+// X (N, n) += Y (N, m) S.
+void sm_qout_apply_t(const sm_qout *o, int64_t m, int64_t n, int64_t N, const float *Y,
+                     float *X);
+// W[idx] = val: the kept weights exactly.
+void sm_qout_place(const sm_qout *o, float *W);
+int64_t sm_qout_nbytes(const sm_qout *o); // 4 + 4 bytes per kept weight
+// Parts "outlier_index" I32 (count) and "outlier_value" F32 (count); none when count is 0.
+int sm_qout_parts(const sm_qout *o, sm_part *out);
+// Loads count outliers of an (m, n) matrix from parts, checking that the indices are in range
+// and strictly ascending and the values finite.
+sm_status sm_qout_load(sm_qout *o, int64_t count, int64_t m, int64_t n, const sm_part *parts,
+                       int nparts);
+
+// Ŵ = T_m^T deq(Q) T_n + S with the rotations of hadamard.h (identity when not rotated) and S
+// the kept outliers (none when out.count is 0).
 typedef struct sm_qop {
     sm_qmat q;
     bool rot;
     sm_rht rin, rout; // (n) input side, (m) output side
+    sm_qout out;
 } sm_qop;
 
 // A new state for spec qs on an (m, n) matrix: packed storage allocated and, when rotated,
@@ -97,7 +134,8 @@ typedef struct sm_qop {
 sm_status sm_qop_new(const sm_qspec *qs, int64_t m, int64_t n, uint64_t seed, sm_qop **out);
 // W (m, n) <- T_m W T_n^T in place (identity when not rotated).
 sm_status sm_qop_rotate_weights(const sm_qop *o, float *W, int64_t m, int64_t n);
-// Canonical items bits, group[, sym] of qs (the caller adds its own, then sm_qspec_canon_rot).
+// Canonical items bits, group[, sym] of qs (the caller adds its own, then sm_qspec_canon_rot,
+// which adds rotate= and keep-outliers= when they are not the defaults).
 void sm_qspec_canon(const sm_qspec *qs, sm_canon *c);
 void sm_qspec_canon_rot(const sm_qspec *qs, sm_canon *c);
 // The vtable entries rtn and gptq share (everything but fit).
@@ -111,6 +149,8 @@ int64_t sm_qop_nbytes(const sm_op *op);
 int64_t sm_qop_macs(const sm_op *op);
 int sm_qop_parts(const sm_op *op, sm_part *out, int cap);
 void sm_qop_free(void *impl);
+// Sets o->out.corr from the quantized part of o (decoded and unrotated: one (m, n) scratch).
+sm_status sm_qop_outliers_finish(sm_qop *o, int64_t m, int64_t n);
 
 // --- GPTQ ------------------------------------------------------------------------------------------
 
@@ -133,6 +173,16 @@ typedef struct sm_gptq_info {
 sm_status sm_gptq_quantize(const float *W, int64_t m, int64_t n, const double *H,
                            const sm_qspec *qs, double percdamp, bool actorder, sm_qmat *q,
                            float *E, int64_t *perm, sm_gptq_info *info);
+// The same with weights fixed in full precision: keep (m, n) in column order (nonzero = kept;
+// NULL: none). A kept weight is treated as exact: it is left out of its group's grid, its
+// error is 0 (nothing propagates from it; E is 0 there) and its final value, the weight as
+// updated by the errors of the columns before it, is written to kept (m, n) at its place (other
+// entries of kept are left alone); its code is that of 0. W0 - Q' = E U still holds, Q' the
+// dequantized codes with the kept values in their places.
+sm_status sm_gptq_quantize_keep(const float *W, int64_t m, int64_t n, const double *H,
+                                const sm_qspec *qs, double percdamp, bool actorder,
+                                const uint8_t *keep, float *kept, sm_qmat *q, float *E,
+                                int64_t *perm, sm_gptq_info *info);
 
 // Copies part `name` into dst after checking its dtype, shape (ndim 1: [d0]; 2: [d0, d1]) and
 // byte size (SM_ERR_FORMAT naming what was expected).

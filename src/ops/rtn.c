@@ -10,6 +10,12 @@
 //   "zeros"     U8 (m, ceil(n / group B / 8))  zero points as B-bit codes (asymmetric only)
 //   "signs_in"  U8 (ceil(n / 8))           input-side signs, bit set = +1 (rotate=hadamard)
 //   "signs_out" U8 (ceil(m / 8))           output-side signs (rotate=hadamard)
+//   "outlier_index" I32 (N), "outlier_value" F32 (N)   keep-outliers=N (outliers.c)
+//
+// keep-outliers=N keeps the N largest-|w| weights of W exactly (F32) as a sparse term: they are
+// set to 0 before the grids are fitted (0 is inside every grid's range, so it stretches none),
+// and apply adds (kept value - quantized value) at their places. With rotate=hadamard they are
+// taken out before the rotation, so the rotated part quantizes W without them.
 //
 // This file also holds the operator entries rtn and gptq share (they differ only in fitting).
 #include "quant.h"
@@ -33,6 +39,7 @@ void sm_qop_free(void *impl) {
     sm_qmat_free(&o->q);
     sm_rht_free(&o->rin);
     sm_rht_free(&o->rout);
+    sm_qout_free(&o->out);
     free(o);
 }
 
@@ -117,6 +124,7 @@ void sm_qop_apply(const sm_op *op, int64_t N, const float *X, float *Y, float *w
         }
     }
     if (o->rot) sm_rht_rows(&o->rout, Y, N, true, rw); // y <- T_m^T y
+    if (o->out.count) sm_qout_apply(&o->out, m, n, N, X, Y);
 }
 
 void sm_qop_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, float *work) {
@@ -138,24 +146,43 @@ void sm_qop_apply_t(const sm_op *op, int64_t N, const float *Y, float *X, float 
                     1.0f, yin + r0, (int)m, kw, (int)n, r0 == 0 ? 0.0f : 1.0f, X, (int)n);
     }
     if (o->rot) sm_rht_rows(&o->rin, X, N, true, rw);
+    if (o->out.count) sm_qout_apply_t(&o->out, m, n, N, Y, X);
+}
+
+// W (m, n) = the quantized part alone: decoded and unrotated.
+static sm_status quant_dense(const sm_qop *o, int64_t m, int64_t n, float *W) {
+    sm_qview v = sm_qmat_view(&o->q);
+    sm_qkernels_get()->qdecode(&v, 0, m, W);
+    return o->rot ? rotate_both(o, W, m, n, false) : SM_OK;
 }
 
 sm_status sm_qop_to_dense(const sm_op *op, float *W) {
     const sm_qop *o = QOP(op);
-    sm_qview v = sm_qmat_view(&o->q);
-    sm_qkernels_get()->qdecode(&v, 0, op->m, W);
-    return o->rot ? rotate_both(o, W, op->m, op->n, false) : SM_OK;
+    sm_status st = quant_dense(o, op->m, op->n, W);
+    if (st == SM_OK) sm_qout_place(&o->out, W);
+    return st;
+}
+
+sm_status sm_qop_outliers_finish(sm_qop *o, int64_t m, int64_t n) {
+    if (!o->out.count) return SM_OK;
+    float *D = sm_alloc((size_t)(m * n) * sizeof(float));
+    if (!D) return sm_fail(SM_ERR_ALLOC, "keep-outliers: out of memory for a %lldx%lld matrix",
+                           (long long)m, (long long)n);
+    sm_status st = quant_dense(o, m, n, D);
+    if (st == SM_OK) sm_qout_set_corr(&o->out, D);
+    sm_free(D);
+    return st;
 }
 
 int64_t sm_qop_nparams(const sm_op *op) {
-    return op->m * op->n;
+    return op->m * op->n + QOP(op)->out.count;
 }
 
 int64_t sm_qop_nbytes(const sm_op *op) {
     const sm_qop *o = QOP(op);
     int64_t b = sm_qmat_nbytes(&o->q);
     if (o->rot) b += (int64_t)sm_sign_row_bytes(op->n) + (int64_t)sm_sign_row_bytes(op->m);
-    return b;
+    return b + sm_qout_nbytes(&o->out);
 }
 
 int64_t sm_qop_macs(const sm_op *op) {
@@ -163,7 +190,7 @@ int64_t sm_qop_macs(const sm_op *op) {
     int64_t macs = op->m * op->n;
     // The DCT factors of a rotation are small dense products (the Hadamard part only adds).
     if (o->rot) macs += op->n * o->rin.b + op->m * o->rout.b;
-    return macs;
+    return macs + o->out.count;
 }
 
 static sm_part part2(const char *name, sm_dtype dt, int64_t d0, int64_t d1, const void *data,
@@ -184,7 +211,7 @@ int sm_qop_parts(const sm_op *op, sm_part *out, int cap) {
     const sm_qop *o = QOP(op);
     const sm_qmat *q = &o->q;
     int64_t m = op->m, ng = op->n / q->group;
-    sm_part p[5];
+    sm_part p[7];
     int np = 0;
     p[np++] = part2("codes", SM_DTYPE_U8, m, (int64_t)q->rb, q->codes, (size_t)m * q->rb);
     p[np++] = part2("scales", SM_DTYPE_F16, m, ng, q->scales, (size_t)(m * ng) * 2);
@@ -195,6 +222,7 @@ int sm_qop_parts(const sm_op *op, sm_part *out, int cap) {
         p[np++] = part2("signs_out", SM_DTYPE_U8, (int64_t)sm_sign_row_bytes(m), 0, o->rout.bits,
                         sm_sign_row_bytes(m));
     }
+    np += sm_qout_parts(&o->out, p + np);
     if (out && cap >= np) memcpy(out, p, (size_t)np * sizeof *p);
     return np;
 }
@@ -233,6 +261,8 @@ sm_status sm_qop_load(sm_op *op, const sm_term *t, const sm_part *parts, int npa
         if (st == SM_OK) st = sm_rht_init(&o->rout, m, so, 0);
         sm_free(si), sm_free(so);
     }
+    if (st == SM_OK) st = sm_qout_load(&o->out, qs.keep, m, n, parts, nparts);
+    if (st == SM_OK) st = sm_qop_outliers_finish(o, m, n);
     if (st != SM_OK) {
         sm_qop_free(o);
         return st;
@@ -252,14 +282,17 @@ static sm_status rtn_fit(sm_op *op, const sm_term *t, const float *W, const sm_f
     if ((st = sm_qop_new(&qs, m, n, opts->seed, &o)) != SM_OK) return st;
     float *rw = NULL;
     const float *src = W;
-    if (qs.rotate) {
+    st = sm_qout_select(W, m, n, qs.keep, &o->out);
+    if (st == SM_OK && (qs.rotate || qs.keep)) { // a copy to rotate or to zero the outliers in
         rw = sm_alloc((size_t)(m * n) * sizeof(float));
         st = rw ? SM_OK : sm_fail(SM_ERR_ALLOC, "rtn: out of memory");
         if (st == SM_OK) memcpy(rw, W, (size_t)(m * n) * sizeof(float));
+        for (int64_t k = 0; st == SM_OK && k < o->out.count; k++) rw[o->out.idx[k]] = 0;
         if (st == SM_OK) st = sm_qop_rotate_weights(o, rw, m, n);
         src = rw;
     }
     if (st == SM_OK) st = sm_qmat_quantize(&o->q, src, "rtn");
+    if (st == SM_OK) st = sm_qop_outliers_finish(o, m, n);
     sm_free(rw);
     if (st != SM_OK) {
         sm_qop_free(o);
@@ -275,11 +308,12 @@ static sm_status rtn_fit(sm_op *op, const sm_term *t, const float *W, const sm_f
 
 const sm_op_vtbl sm_vtbl_rtn = {
     .name = "rtn",
-    .keys = "bits,group,sym,asym,rotate",
+.keys = "bits,group,sym,asym,rotate,keep-outliers",
     .help = "  bits=B       code width: 2, 3, 4 or 8 (required)\n"
             "  group=64     weights per F16 scale along a row (must divide the row length)\n"
             "  asym         zero point per group (default); sym: none, w = s (q - 2^(B-1))\n"
-            "  rotate=none  hadamard: quantize T_m W T_n^T (randomized Hadamard, QuIP#-style)",
+            "  rotate=none  hadamard: quantize T_m W T_n^T (randomized Hadamard, QuIP#-style)\n"
+            "  keep-outliers=0  the N largest-|w| weights kept exactly (F32 + int32 index)",
     .fit = rtn_fit,
     .load = sm_qop_load,
     .apply = sm_qop_apply,
