@@ -31,8 +31,23 @@
 // the Monarch projection when perm=stride; block-diagonal (rank min(R, p, q) per diagonal block).
 // Coordinates a projection leaves unused carry the leading singular triplets of its residual
 // (s = 1 there), so they start useful. The result is the iterate with the lowest error, the warm
-// start included: never worse than the warm start. Activation-aware fitting (sm_fit_opts.stats)
-// is not implemented for BLAST: it fits the Frobenius objective either way.
+// start included: never worse than the warm start.
+//
+// Activation-aware fit (sm_fit_opts.stats): the loss becomes f = tr(E Hn E^T) with
+// Hn = (H + lambda I) / mean diag(H + lambda I) (lambda as in actaware.h; the scale of Hn leaves
+// the minimiser alone and keeps the float products near 1). Its half-gradients and Gauss-Newton
+// blocks, each used exactly as the Frobenius ones above (the same eta, eps = delta sqrt(f)):
+//   U_i:  G = (E Hn)_i V~_i,            Gram V~_i^T Hn V~_i;
+//   V_j:  G = (E Hn)[:, C_j]^T U~_j,    Gauss-Newton block (U~_j^T U~_j) kron Hn_jj, so the step
+//         is Hn_jj^-1 G (U~_j^T U~_j + eps I)^-1 (V_j couple through Hn: updated in turn, E Hn
+//         kept current after each);
+//   s_ij: g = diag(U_i^T (E Hn)_ij V_j), Gram (U_i^T U_i) o (V_j^T Hn_jj V_j), in turn over j.
+// Each iteration costs O(m n^2) (the products with Hn) instead of O(m n R). The warm starts add
+// the activation-aware closed forms: low-rank (sm_act_lowrank_factors) and block-low-rank
+// (sm_act_blockrow_fit on the Latin square), spare coordinates from the activation-aware
+// low-rank of the residual; the Frobenius starts stay candidates. Every candidate and iterate is
+// scored by f, so the result is never worse in f than the best warm start.
+#include "actaware.h"
 #include "blast_kernels.h"
 #include "op_impl.h"
 
@@ -137,11 +152,22 @@ typedef struct fitw {
     float *H, *H2;  // (R, R)
     float *Gu, *Gv; // (B, R, R): U_i^T U_i, V_j^T V_j
     float *d;       // (R)
+    // activation-aware only (stats != NULL)
+    const sm_stats *stats;
+    float *Hn;      // (n, n) normalised damped Gram
+    float *HC;      // (B, q, q) lower Cholesky factors of the diagonal blocks Hn_jj
+    float *E, *EH;  // (m, n) residual U S V^T - A and E Hn
+    float *Z;       // (n, R) Hn V~_i
+    float *Y;       // (B, R, n) V_j^T Hn[C_j, :]
+    float *Dc;      // (m, q) one column block's change
+    float *Mv;      // (R, R)
 } fitw;
 
 static void fitw_free(fitw *w) {
     sm_free(w->U), sm_free(w->V), sm_free(w->S), sm_free(w->Xs), sm_free(w->G), sm_free(w->P);
     sm_free(w->H), sm_free(w->H2), sm_free(w->Gu), sm_free(w->Gv), sm_free(w->d);
+    sm_free(w->Hn), sm_free(w->HC), sm_free(w->E), sm_free(w->EH), sm_free(w->Z), sm_free(w->Y);
+    sm_free(w->Dc), sm_free(w->Mv);
 }
 
 static sm_status fitw_init(fitw *w, const float *A, int64_t m, int64_t n, int64_t B, int64_t R) {
@@ -224,6 +250,158 @@ static sm_status solve_damped(const float *H, float *H2, int64_t R, double eps, 
                    "blast: a %lldx%lld Gram matrix stayed singular after "
                    "damping",
                    (long long)R, (long long)R);
+}
+
+// The activation-aware state: Hn, its diagonal blocks' Cholesky factors and the scratch.
+static sm_status fitw_init_act(fitw *w, const sm_stats *s) {
+    int64_t m = w->m, n = w->n, B = w->B, q = w->q, R = w->R;
+    double lambda = 0, mean = 0;
+    double *hd = sm_alloc((size_t)n * sizeof(double)); // the undamped diagonal
+    sm_status st = hd ? SM_OK : sm_fail(SM_ERR_ALLOC, "blast: out of memory");
+    if (st == SM_OK && s && s->gram) {
+        st = sm_act_lambda(s, n, &lambda);
+        for (int64_t j = 0; j < n && st == SM_OK; j++) hd[j] = s->gram[j * n + j];
+    } else if (st == SM_OK) { // sqsum only: H = diag(sqsum), damped as sm_act_lowrank_factors does
+        st = sm_act_norms(s, n, hd);
+        for (int64_t j = 0; j < n && st == SM_OK; j++) hd[j] *= hd[j], lambda += hd[j] / (double)n;
+        if (st == SM_OK && !(lambda > 0))
+            st = sm_fail(SM_ERR_ARG, "calibration sqsum is zero (no input was seen)");
+        lambda *= SM_ACT_DAMP;
+    }
+    for (int64_t j = 0; j < n && st == SM_OK; j++) mean += (hd[j] + lambda) / (double)n;
+    w->stats = s;
+    if (st == SM_OK) {
+        w->Hn = sm_alloc((size_t)(n * n) * sizeof(float));
+        w->HC = sm_alloc((size_t)(B * q * q) * sizeof(float));
+        w->E = sm_alloc((size_t)(m * n) * sizeof(float));
+        w->EH = sm_alloc((size_t)(m * n) * sizeof(float));
+        w->Z = sm_alloc((size_t)(n * R) * sizeof(float));
+        w->Y = sm_alloc((size_t)(B * R * n) * sizeof(float));
+        w->Dc = sm_alloc((size_t)(m * q) * sizeof(float));
+        w->Mv = sm_alloc((size_t)(R * R) * sizeof(float));
+        if (!w->Hn || !w->HC || !w->E || !w->EH || !w->Z || !w->Y || !w->Dc || !w->Mv)
+            st = sm_fail(SM_ERR_ALLOC,
+                         "blast: out of memory for the activation-aware fit of a "
+                         "%lldx%lld matrix",
+                         (long long)m, (long long)n);
+    }
+    for (int64_t a = 0; a < n && st == SM_OK; a++)
+        for (int64_t b = 0; b < n; b++) {
+            double h = s->gram ? s->gram[a * n + b] : (a == b ? hd[a] : 0.0);
+            w->Hn[a * n + b] = (float)((h + (a == b ? lambda : 0.0)) / mean);
+        }
+    for (int64_t j = 0; j < B && st == SM_OK; j++) {
+        float *C = w->HC + j * q * q;
+        for (int64_t a = 0; a < q; a++)
+            memcpy(C + a * q, w->Hn + (j * q + a) * n + j * q, (size_t)q * sizeof(float));
+        lapack_int info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)q, C, (lapack_int)q);
+        if (info != 0)
+            st = sm_fail(SM_ERR_NUMERIC,
+                         "blast: calibration Gram block %lld + %g I is not positive "
+                         "definite (spotrf info %d): not a Gram matrix?",
+                         (long long)j, lambda, (int)info);
+    }
+    sm_free(hd);
+    return st;
+}
+
+// f = tr(E Hn E^T), leaving E = U S V^T - A and EH = E Hn in w.
+static double residual_h(fitw *w) {
+    int64_t p = w->p, n = w->n, R = w->R, m = w->m;
+    for (int64_t i = 0; i < w->B; i++) {
+        scaled_v(w, i, w->Xs);
+        float *E = w->E + i * p * n;
+        memcpy(E, w->A + i * p * n, (size_t)(p * n) * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)p, (int)n, (int)R, 1.0f,
+                    w->U + i * p * R, (int)R, w->Xs, (int)R, -1.0f, E, (int)n);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)n, 1.0f, w->E,
+                (int)n, w->Hn, (int)n, 0.0f, w->EH, (int)n);
+    double err = 0;
+    for (int64_t k = 0; k < m * n; k++) err += (double)w->E[k] * w->EH[k];
+    return err;
+}
+
+// One activation-aware iteration (U-step, V-step, S-step) from parameters whose loss is err
+// (residual_h has just run); eta as in iterate().
+static sm_status iterate_h(fitw *w, double eta, double delta, double err) {
+    int64_t B = w->B, R = w->R, p = w->p, q = w->q, n = w->n, m = w->m;
+    double eps = delta * sqrt(err);
+    sm_status st = SM_OK;
+    // U-step: rows of different U_i never couple, so all use the same E Hn.
+    for (int64_t i = 0; i < B && st == SM_OK; i++) {
+        scaled_v(w, i, w->Xs); // V~_i (n, R)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)R, (int)n, 1.0f,
+                    w->Hn, (int)n, w->Xs, (int)R, 0.0f, w->Z, (int)R);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)R, (int)n, 1.0f, w->Xs,
+                    (int)R, w->Z, (int)R, 0.0f, w->H, (int)R);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)p, (int)R, (int)n, 1.0f,
+                    w->EH + i * p * n, (int)n, w->Xs, (int)R, 0.0f, w->G, (int)R);
+        st = solve_damped(w->H, w->H2, R, eps, w->G, p);
+        for (int64_t k = 0; k < p * R && st == SM_OK; k++) w->U[i * p * R + k] -= (float)eta * w->G[k];
+    }
+    if (st != SM_OK) return st;
+    residual_h(w);
+    // V-step, one column block at a time with E and E Hn kept current.
+    block_grams(w->U, B, p, R, w->Gu);
+    for (int64_t j = 0; j < B && st == SM_OK; j++) {
+        memset(w->H, 0, (size_t)(R * R) * sizeof(float));
+        for (int64_t i = 0; i < B; i++) {
+            const float *s = w->S + (i * B + j) * R, *gu = w->Gu + i * R * R;
+            for (int64_t a = 0; a < R; a++)
+                for (int64_t b = 0; b < R; b++) w->H[a * R + b] += s[a] * s[b] * gu[a * R + b];
+        }
+        scaled_u(w, j, w->Xs); // U~_j (m, R)
+        float *Vj = w->V + j * q * R, *G = w->G;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)q, (int)R, (int)m, 1.0f,
+                    w->EH + j * q, (int)n, w->Xs, (int)R, 0.0f, G, (int)R);
+        st = solve_damped(w->H, w->H2, R, eps, G, q);
+        if (st != SM_OK) break;
+        LAPACKE_spotrs(LAPACK_ROW_MAJOR, 'L', (lapack_int)q, (lapack_int)R, w->HC + j * q * q,
+                       (lapack_int)q, G, (lapack_int)R);
+        for (int64_t k = 0; k < q * R; k++) Vj[k] -= (float)eta * G[k];
+        // E[:, C_j] changes by Dc = -eta U~_j G^T, and E Hn by Dc Hn[C_j, :]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)q, (int)R, (float)-eta,
+                    w->Xs, (int)R, G, (int)R, 0.0f, w->Dc, (int)q);
+        for (int64_t a = 0; a < m; a++)
+            for (int64_t c = 0; c < q; c++) w->E[a * n + j * q + c] += w->Dc[a * q + c];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)q, 1.0f, w->Dc,
+                    (int)q, w->Hn + j * q * n, (int)n, 1.0f, w->EH, (int)n);
+    }
+    if (st != SM_OK) return st;
+    // S-step: P = U_i^T (E Hn)_i, kept current as the s_ij of block-row i change in turn.
+    for (int64_t j = 0; j < B; j++) // Y_j = V_j^T Hn[C_j, :]
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)n, (int)q, 1.0f,
+                    w->V + j * q * R, (int)R, w->Hn + j * q * n, (int)n, 0.0f, w->Y + j * R * n,
+                    (int)n);
+    for (int64_t i = 0; i < B && st == SM_OK; i++) {
+        float *P = w->P, *gu = w->Gu + i * R * R; // P (R, n)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)n, (int)p, 1.0f,
+                    w->U + i * p * R, (int)R, w->EH + i * p * n, (int)n, 0.0f, P, (int)n);
+        for (int64_t j = 0; j < B && st == SM_OK; j++) {
+            const float *Yj = w->Y + j * R * n, *Vj = w->V + j * q * R;
+            float *s = w->S + (i * B + j) * R;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)R, (int)q, 1.0f,
+                        Yj + j * q, (int)n, Vj, (int)R, 0.0f, w->Mv, (int)R); // V_j^T Hn_jj V_j
+            for (int64_t k = 0; k < R * R; k++) w->H[k] = gu[k] * w->Mv[k];
+            for (int64_t r = 0; r < R; r++) {
+                double dr = 0;
+                for (int64_t c = 0; c < q; c++) dr += (double)P[r * n + j * q + c] * Vj[c * R + r];
+                w->d[r] = (float)dr;
+            }
+            st = solve_damped(w->H, w->H2, R, eps, w->d, 1);
+            if (st != SM_OK) break;
+            for (int64_t r = 0; r < R; r++) { // ds = -eta d;  P += Gu_i diag(ds) Y_j
+                w->d[r] *= (float)-eta;
+                s[r] += w->d[r];
+            }
+            for (int64_t a = 0; a < R; a++)
+                for (int64_t b = 0; b < R; b++) w->H2[a * R + b] = gu[a * R + b] * w->d[b];
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)n, (int)R, 1.0f,
+                        w->H2, (int)R, Yj, (int)n, 1.0f, P, (int)n);
+        }
+    }
+    return st;
 }
 
 // ||U_i diag(s_ij) V_j^T - A_ij||^2 summed over the grid; with G != NULL also the U-step
@@ -314,7 +492,8 @@ static sm_status iterate(fitw *w, double eta, double delta, double err) {
 }
 
 // Fills coordinates [r0, R) with s = 1 and the leading R - r0 singular triplets of the residual
-// of the current parameters (coordinates [0, r0) set, the rest zero on entry).
+// of the current parameters (coordinates [0, r0) set, the rest zero on entry); with stats, the
+// activation-aware low-rank fit of the residual.
 static sm_status fill_spare(fitw *w, int64_t r0, uint64_t seed) {
     int64_t m = w->m, n = w->n, R = w->R, B = w->B, k = R - r0;
     if (k <= 0) return SM_OK;
@@ -331,7 +510,9 @@ static sm_status fill_spare(fitw *w, int64_t r0, uint64_t seed) {
     }
     // A randomized SVD is plenty for a starting point, and k < B is small.
     sm_svd_solver rs = {.kind = 1, .p = 20, .q = 4, .seed = seed};
-    if (st == SM_OK) st = sm_lowrank_factors(E, m, n, n, k, &rs, L, k, Rt, n);
+    if (st == SM_OK)
+        st = w->stats ? sm_act_lowrank_factors(E, m, n, k, &rs, w->stats, L, Rt)
+                      : sm_lowrank_factors(E, m, n, n, k, &rs, L, k, Rt, n);
     for (int64_t a = 0; a < m && st == SM_OK; a++)
         for (int64_t r = 0; r < k; r++) w->U[a * R + r0 + r] = L[a * k + r];
     for (int64_t c = 0; c < n && st == SM_OK; c++)
@@ -348,13 +529,14 @@ static void clear_params(fitw *w) {
     memset(w->S, 0, (size_t)(w->B * w->B * w->R) * sizeof(float));
 }
 
-// Warm start 0: low-rank R, s = 1.
-static sm_status start_lowrank(fitw *w) {
+// Warm start 0: low-rank R, s = 1 (act: the activation-aware closed form).
+static sm_status start_lowrank(fitw *w, bool act) {
     int64_t m = w->m, n = w->n, R = w->R;
     clear_params(w);
     float *Rt = sm_alloc((size_t)(R * n) * sizeof(float));
     if (!Rt) return sm_fail(SM_ERR_ALLOC, "blast: out of memory for the warm start");
-    sm_status st = sm_lowrank_factors(w->A, m, n, n, R, NULL, w->U, R, Rt, n);
+    sm_status st = act ? sm_act_lowrank_factors(w->A, m, n, R, NULL, w->stats, w->U, Rt)
+                       : sm_lowrank_factors(w->A, m, n, n, R, NULL, w->U, R, Rt, n);
     for (int64_t c = 0; c < n && st == SM_OK; c++)
         for (int64_t r = 0; r < R; r++) w->V[c * R + r] = Rt[r * n + c];
     for (int64_t k = 0; k < w->B * w->B * R; k++) w->S[k] = 1.0f;
@@ -364,24 +546,36 @@ static sm_status start_lowrank(fitw *w) {
 
 // Warm start 1: rank T = floor(R / B) per block; block (i, j) uses coordinates
 // [g T, (g+1) T), g = (i + j) mod B (a Latin square: each U_i and V_j column is used once).
-static sm_status start_blocklowrank(fitw *w, uint64_t seed) {
+// act: each block row's blocks refined for the activation-aware objective (sm_act_blockrow_fit).
+static sm_status start_blocklowrank(fitw *w, uint64_t seed, bool act) {
     int64_t B = w->B, R = w->R, p = w->p, q = w->q, n = w->n;
     int64_t T = R / B, mn = p < q ? p : q;
     if (T > mn) T = mn;
     clear_params(w);
-    float *L = sm_alloc((size_t)(p * T) * sizeof(float));
-    float *Rt = sm_alloc((size_t)(T * q) * sizeof(float));
+    float *L = sm_alloc((size_t)(p * B * T) * sizeof(float));  // (p, B T): block j at columns j T
+    float *Rt = sm_alloc((size_t)(B * T * q) * sizeof(float)); // (B T, q): block j at rows j T
     sm_status st = L && Rt ? SM_OK : sm_fail(SM_ERR_ALLOC, "blast: out of memory");
-    for (int64_t i = 0; i < B && st == SM_OK; i++)
+    sm_act_blocks ab = {0};
+    if (st == SM_OK && act) st = sm_act_blocks_init(w->stats, n, B, &ab);
+    for (int64_t i = 0; i < B && st == SM_OK; i++) {
+        for (int64_t j = 0; j < B && st == SM_OK; j++)
+            st = sm_lowrank_factors(w->A + i * p * n + j * q, p, q, n, T, NULL, L + j * T, B * T,
+                                    Rt + j * T * q, q);
+        if (st == SM_OK && act)
+            st = sm_act_blockrow_fit(&ab, w->A + i * p * n, n, p, T, L, B * T, T, Rt, q, T * q,
+                                     SM_ACT_SWEEPS, NULL, NULL);
         for (int64_t j = 0; j < B && st == SM_OK; j++) {
             int64_t g = (i + j) % B;
-            st = sm_lowrank_factors(w->A + i * p * n + j * q, p, q, n, T, NULL, L, T, Rt, q);
-            for (int64_t a = 0; a < p && st == SM_OK; a++)
-                for (int64_t t = 0; t < T; t++) w->U[(i * p + a) * R + g * T + t] = L[a * T + t];
-            for (int64_t c = 0; c < q && st == SM_OK; c++)
-                for (int64_t t = 0; t < T; t++) w->V[(j * q + c) * R + g * T + t] = Rt[t * q + c];
+            for (int64_t a = 0; a < p; a++)
+                for (int64_t t = 0; t < T; t++)
+                    w->U[(i * p + a) * R + g * T + t] = L[a * B * T + j * T + t];
+            for (int64_t c = 0; c < q; c++)
+                for (int64_t t = 0; t < T; t++)
+                    w->V[(j * q + c) * R + g * T + t] = Rt[(j * T + t) * q + c];
             for (int64_t t = 0; t < T; t++) w->S[(i * B + j) * R + g * T + t] = 1.0f;
         }
+    }
+    sm_act_blocks_free(&ab);
     sm_free(L), sm_free(Rt);
     if (st == SM_OK) st = fill_spare(w, B * T, seed);
     return st;
@@ -433,20 +627,32 @@ static sm_status blast_solve(fitw *w, const blast_cfg *c, const sm_fit_opts *o) 
                    sm_alloc((size_t)(w->B * w->B * w->R) * sizeof(float))};
     sm_status st =
         best.U && best.V && best.S ? SM_OK : sm_fail(SM_ERR_ALLOC, "blast: out of memory");
+    bool act = w->stats != NULL;
     double a2 = 0, best_err = INFINITY;
-    for (int64_t k = 0; k < w->m * w->n; k++) a2 += (double)w->A[k] * w->A[k];
-    static const char *names[] = {"low-rank", "block-low-rank", "block-diagonal"};
+    if (act) { // tr(A Hn A^T), for the relative errors printed
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)w->m, (int)w->n, (int)w->n,
+                    1.0f, w->A, (int)w->n, w->Hn, (int)w->n, 0.0f, w->EH, (int)w->n);
+        for (int64_t k = 0; k < w->m * w->n; k++) a2 += (double)w->A[k] * w->EH[k];
+    } else {
+        for (int64_t k = 0; k < w->m * w->n; k++) a2 += (double)w->A[k] * w->A[k];
+    }
+    static const char *names[] = {"low-rank", "block-low-rank", "block-diagonal",
+                                  "act low-rank", "act block-low-rank"};
     int best_start = -1;
-    for (int s = 0; s < 3 && st == SM_OK; s++) {
-        if (s > 0 && w->B == 1) break; // B = 1: all three are the same low-rank projection
-        if (s == 1 && w->R < w->B) continue;
-        st = s == 0   ? start_lowrank(w)
-             : s == 1 ? start_blocklowrank(w, o->seed)
-                      : start_blockdiag(w, o->seed);
+    for (int s = 0; s < (act ? 5 : 3) && st == SM_OK; s++) {
+        // B = 1: the block starts are the same low-rank projection
+        if ((s == 1 || s == 2 || s == 4) && w->B == 1) continue;
+        if ((s == 1 || s == 4) && w->R < w->B) continue;
+        st = s == 0   ? start_lowrank(w, false)
+             : s == 1 ? start_blocklowrank(w, o->seed, false)
+             : s == 2 ? start_blockdiag(w, o->seed)
+             : s == 3 ? start_lowrank(w, true)
+                      : start_blocklowrank(w, o->seed, true);
         if (st != SM_OK) break;
-        double e = residual(w, NULL);
+        double e = act ? residual_h(w) : residual(w, NULL);
         if (o->verbose)
-            fprintf(stderr, "blast: warm start %-15s rel_error %.6f\n", names[s],
+            fprintf(stderr, "blast: warm start %-18s %s %.6f\n", names[s],
+                    act ? "act_rel_error" : "rel_error",
                     sqrt(e / (a2 > 0 ? a2 : 1)));
         if (e < best_err) {
             best_err = e;
@@ -456,21 +662,22 @@ static sm_status blast_solve(fitw *w, const blast_cfg *c, const sm_fit_opts *o) 
     }
     if (st == SM_OK) params_load(w, &best);
     for (int64_t t = 0; st == SM_OK; t++) {
-        double e = residual(w, t < c->iters ? w->G : NULL);
+        double e = act ? residual_h(w) : residual(w, t < c->iters ? w->G : NULL);
         if (o->verbose)
-            fprintf(stderr, "blast: iter %lld/%lld rel_error %.6f\n", (long long)t,
-                    (long long)c->iters, sqrt(e / (a2 > 0 ? a2 : 1)));
+            fprintf(stderr, "blast: iter %lld/%lld %s %.6f\n", (long long)t, (long long)c->iters,
+                    act ? "act_rel_error" : "rel_error", sqrt(e / (a2 > 0 ? a2 : 1)));
         if (e < best_err) {
             best_err = e;
             params_save(w, &best);
         }
         if (t == c->iters) break;
-        st = iterate(w, 2.0 * c->step * (1.0 - (double)t / (double)c->iters), c->delta, e);
+        double eta = 2.0 * c->step * (1.0 - (double)t / (double)c->iters);
+        st = act ? iterate_h(w, eta, c->delta, e) : iterate(w, eta, c->delta, e);
     }
     if (st == SM_OK) params_load(w, &best);
     if (o->verbose && st == SM_OK)
-        fprintf(stderr, "blast: kept rel_error %.6f (warm start: %s)\n",
-                sqrt(best_err / (a2 > 0 ? a2 : 1)), best_start >= 0 ? names[best_start] : "-");
+        fprintf(stderr, "blast: kept %s %.6f (warm start: %s)\n",
+                act ? "act_rel_error" : "rel_error", sqrt(best_err / (a2 > 0 ? a2 : 1)), best_start >= 0 ? names[best_start] : "-");
     sm_free(best.U), sm_free(best.V), sm_free(best.S);
     return st;
 }
@@ -536,7 +743,9 @@ static sm_status blast_fit(sm_op *op, const sm_term *t, const float *W, const sm
     fitw w;
     st = fitw_init(&w, A, m, n, B, c.R);
     if (st == SM_OK) {
-        if (rms > 0) {
+        if (o && o->stats) st = fitw_init_act(&w, o->stats);
+        if (st != SM_OK) {
+        } else if (rms > 0) {
             st = blast_solve(&w, &c, o);
         } else { // W = 0: zero factors are exact
             clear_params(&w);

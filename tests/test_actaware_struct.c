@@ -1,0 +1,291 @@
+// Activation-aware fitting of the block structures (blocklowrank, monarch, blast) with a
+// calibration Gram H = X^T X whose channels span 1e-2 .. 1e2 in scale:
+// - with the statistics, ||X (W - W_hat)^T||_F (evaluated on X itself, in double) is well below
+//   the plain fit's, and the damped objective tr(dW (H + lambda I) dW^T) is no higher;
+// - blocklowrank:blocks=1 and monarch:blocks=1 equal the closed-form optimum (whitened SVD,
+//   computed here in double with LAPACK), as does lowrank with the statistics;
+// - with a block-diagonal H the blocks decouple, so the fit must equal the sum of the per-block
+//   closed-form optima (computed here block by block) for blocklowrank and monarch;
+// - with H = c I the fit is the plain one (same W_hat for the closed forms, same error for BLAST);
+// - BLAST with the statistics is never worse than its activation-aware warm starts (lowrank and
+//   blocklowrank or monarch fitted with the same statistics at BLAST's coordinates), and its
+//   iterations improve on them.
+#include "testutil.h"
+
+#include <lapacke.h>
+
+#define DAMP 0.01 // lambda = 1% of the mean diagonal of H, as documented in src/ops/actaware.h
+
+// X (T, n): channel j scaled by 10^(-2 + 4 j / (n - 1)) in a shuffled order, neighbours mixed.
+static void make_inputs(double *X, int64_t T, int64_t n, unsigned seed) {
+    float *z = malloc(sizeof(float) * (size_t)(T * n));
+    fill_random(z, T * n, seed);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < n; j++) {
+            int64_t k = (j * 7) % n; // a permutation of the scales (7 and n = 32 are coprime)
+            double scale = pow(10.0, -2.0 + 4.0 * (double)k / (double)(n - 1));
+            double mix = j > 0 ? 0.6 * z[t * n + j - 1] : 0;
+            X[t * n + j] = scale * (z[t * n + j] + mix);
+        }
+    free(z);
+}
+
+static void gram(const double *X, int64_t T, int64_t n, double *H) {
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = 0; b < n; b++) {
+            double s = 0;
+            for (int64_t t = 0; t < T; t++) s += X[t * n + a] * X[t * n + b];
+            H[a * n + b] = s;
+        }
+}
+
+static double act_err2(const double *X, int64_t T, const float *W, const float *Wh, int64_t m,
+                       int64_t n) {
+    double e = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < m; i++) {
+            double s = 0;
+            for (int64_t j = 0; j < n; j++)
+                s += X[t * n + j] * ((double)W[i * n + j] - Wh[i * n + j]);
+            e += s * s;
+        }
+    return e;
+}
+
+// tr(dW Hd dW^T) by the triple sum.
+static double quad(const float *W, const float *Wh, int64_t m, int64_t n, const double *Hd) {
+    double e = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t a = 0; a < n; a++) {
+            double da = (double)W[i * n + a] - Wh[i * n + a];
+            for (int64_t b = 0; b < n; b++)
+                e += da * Hd[a * n + b] * ((double)W[i * n + b] - Wh[i * n + b]);
+        }
+    return e;
+}
+
+static double *damped(const double *H, int64_t n) {
+    double *Hd = malloc(sizeof(double) * (size_t)(n * n)), tr = 0;
+    memcpy(Hd, H, sizeof(double) * (size_t)(n * n));
+    for (int64_t j = 0; j < n; j++) tr += H[j * n + j];
+    for (int64_t j = 0; j < n; j++) Hd[j * n + j] += DAMP * tr / (double)n;
+    return Hd;
+}
+
+// The optimum of tr((A - B) G (A - B)^T) over rank-r B, A (s, p) with row stride lda, G (p, p) SPD
+// with row stride ldg: Cholesky G = C C^T, B C = [A C]_r. Returns the value (the tail of the
+// singular values squared); B (s, p) receives the optimum when not NULL.
+static double block_optimum(const float *A, int64_t lda, int64_t s, int64_t p, const double *G,
+                            int64_t ldg, int64_t r, double *B) {
+    double *C = calloc((size_t)(p * p), sizeof(double)), *M = calloc((size_t)(s * p), sizeof(double));
+    for (int64_t a = 0; a < p; a++)
+        for (int64_t b = 0; b <= a; b++) C[a * p + b] = G[a * ldg + b];
+    CHECK(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)p, C, (lapack_int)p) == 0);
+    for (int64_t a = 0; a < p; a++)
+        for (int64_t b = a + 1; b < p; b++) C[a * p + b] = 0;
+    for (int64_t i = 0; i < s; i++)
+        for (int64_t b = 0; b < p; b++)
+            for (int64_t a = 0; a < p; a++) M[i * p + b] += A[i * lda + a] * C[a * p + b];
+    int64_t k = s < p ? s : p;
+    double *U = malloc(sizeof(double) * (size_t)(s * k)), *sv = malloc(sizeof(double) * (size_t)k);
+    double *Vt = malloc(sizeof(double) * (size_t)(k * p));
+    CHECK(LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)s, (lapack_int)p, M, (lapack_int)p, sv,
+                         U, (lapack_int)k, Vt, (lapack_int)p) == 0);
+    double tail = 0;
+    for (int64_t t = r; t < k; t++) tail += sv[t] * sv[t];
+    if (B) { // B = [A C]_r C^-1: solve B C = Mr row by row (C lower: back substitution)
+        for (int64_t i = 0; i < s; i++) {
+            double *row = B + i * p;
+            for (int64_t b = 0; b < p; b++) {
+                double v = 0;
+                for (int64_t t = 0; t < r; t++) v += U[i * k + t] * sv[t] * Vt[t * p + b];
+                row[b] = v;
+            }
+            for (int64_t b = p - 1; b >= 0; b--) { // row C = v  =>  sum_a row[a] C[a][b] = v[b]
+                double v = row[b];
+                for (int64_t a = b + 1; a < p; a++) v -= row[a] * C[a * p + b];
+                row[b] = v / C[b * p + b];
+            }
+        }
+    }
+    free(C), free(M), free(U), free(sv), free(Vt);
+    return tail;
+}
+
+static float *fit_dense(const float *W, int64_t m, int64_t n, const char *spec,
+                        const sm_stats *s) {
+    sm_op *op = NULL;
+    sm_fit_opts o = {.seed = 1, .stats = s};
+    CHECK_OK(sm_op_fit(W, m, n, spec, &o, &op));
+    if (!op) return NULL;
+    float *D = malloc(sizeof(float) * (size_t)(m * n));
+    CHECK_OK(sm_op_to_dense(op, D));
+    sm_op_free(op);
+    return D;
+}
+
+static bool verbose;
+
+enum { M = 24, N = 32, TOK = 400 };
+
+// With statistics vs without on a general anisotropic H.
+static void test_below_plain(const double *X, const double *H, const float *W) {
+    double *Hd = damped(H, N);
+    sm_stats st = {.gram = H, .tokens = TOK};
+    const char *specs[] = {"blocklowrank:blocks=4,rank=2", "monarch:blocks=4,rank=2",
+                           "blast:blocks=4,rank=6,iters=100", "blocklowrank:blocks=2,rank=3",
+                           "monarch:blocks=2,rank=4", "blast:blocks=2,rank=5,perm=stride,iters=60"};
+    for (int k = 0; k < 6; k++) {
+        float *Wp = fit_dense(W, M, N, specs[k], NULL), *Wa = fit_dense(W, M, N, specs[k], &st);
+        if (!Wp || !Wa) {
+            free(Wp), free(Wa);
+            continue;
+        }
+        double ep = act_err2(X, TOK, W, Wp, M, N), ea = act_err2(X, TOK, W, Wa, M, N);
+        double qp = quad(W, Wp, M, N, Hd), qa = quad(W, Wa, M, N, Hd);
+        if (verbose)
+            printf("%-45s ||X dW^T||^2 plain %.6g, with stats %.6g (ratio %.4f)\n", specs[k], ep,
+                   ea, ea / ep);
+        if (!(ea < 0.5 * ep)) {
+            fprintf(stderr, "%s: with statistics %.6g, not well below plain %.6g\n", specs[k], ea,
+                    ep);
+            g_failures++;
+        }
+        CHECK(qa <= qp);
+        CHECK(rel_fro(Wp, W, M * N) < rel_fro(Wa, W, M * N)); // the plain fit wins on ||dW||_F
+        free(Wp), free(Wa);
+    }
+    free(Hd);
+}
+
+// blocks=1 is low rank: the activation-aware closed form, here in double.
+static void test_one_block(const double *H, const float *W) {
+    double *Hd = damped(H, N), *Bopt = malloc(sizeof(double) * M * N);
+    sm_stats st = {.gram = H, .tokens = TOK};
+    double opt = block_optimum(W, N, M, N, Hd, N, 5, Bopt);
+    float *Bf = malloc(sizeof(float) * M * N);
+    for (int64_t i = 0; i < M * N; i++) Bf[i] = (float)Bopt[i];
+    const char *specs[] = {"blocklowrank:blocks=1,rank=5", "monarch:blocks=1,rank=5",
+                           "lowrank:rank=5"};
+    for (int k = 0; k < 3; k++) {
+        float *Wa = fit_dense(W, M, N, specs[k], &st);
+        if (!Wa) continue;
+        double got = quad(W, Wa, M, N, Hd);
+        if (!(fabs(got - opt) <= 1e-4 * opt)) {
+            fprintf(stderr, "%s: objective %.9g, closed-form optimum %.9g\n", specs[k], got, opt);
+            g_failures++;
+        }
+        if (!(rel_fro(Wa, Bf, M * N) < 1e-3)) {
+            fprintf(stderr, "%s: W_hat is %.3g from the optimum\n", specs[k], rel_fro(Wa, Bf, M * N));
+            g_failures++;
+        }
+        free(Wa);
+    }
+    free(Hd), free(Bopt), free(Bf);
+}
+
+// Block-diagonal H (cross-block Gram entries zeroed): the blocks decouple, and the optimum is the
+// sum of the per-block optima. Block row i of blocklowrank: rows [i M/K, (i+1) M/K); of monarch:
+// rows {a K + i}. Column block j: [j N/K, (j+1) N/K).
+static void test_block_diagonal_gram(const double *H, const float *W) {
+    const int64_t K = 4, T = 2, p = N / K, s = M / K;
+    double *Hb = malloc(sizeof(double) * N * N);
+    for (int64_t a = 0; a < N; a++)
+        for (int64_t b = 0; b < N; b++) Hb[a * N + b] = a / p == b / p ? H[a * N + b] : 0;
+    double *Hd = damped(Hb, N);
+    sm_stats st = {.gram = Hb, .tokens = TOK};
+    for (int mon = 0; mon < 2; mon++) {
+        double opt = 0;
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t j = 0; j < K; j++) {
+                const float *A = mon ? W + i * N + j * p : W + i * s * N + j * p;
+                opt += block_optimum(A, mon ? K * N : N, s, p, Hd + j * p * N + j * p, N, T, NULL);
+            }
+        const char *spec = mon ? "monarch:blocks=4,rank=2" : "blocklowrank:blocks=4,rank=2";
+        float *Wa = fit_dense(W, M, N, spec, &st);
+        if (!Wa) continue;
+        double got = quad(W, Wa, M, N, Hd);
+        if (!(fabs(got - opt) <= 1e-4 * opt)) {
+            fprintf(stderr, "%s, block-diagonal H: objective %.9g, optimum %.9g\n", spec, got, opt);
+            g_failures++;
+        }
+        free(Wa);
+    }
+    free(Hb), free(Hd);
+}
+
+// H = c I: the objective is c' ||dW||_F^2, so the fit is the plain one.
+static void test_identity_gram(const float *W) {
+    double *H = calloc(N * N, sizeof(double));
+    for (int64_t j = 0; j < N; j++) H[j * N + j] = 37.5;
+    sm_stats st = {.gram = H, .tokens = TOK};
+    const char *specs[] = {"blocklowrank:blocks=4,rank=2", "monarch:blocks=4,rank=2",
+                           "blast:blocks=4,rank=6,iters=100",
+                           "blast:blocks=2,rank=5,perm=stride,iters=60"};
+    for (int k = 0; k < 4; k++) {
+        float *Wp = fit_dense(W, M, N, specs[k], NULL), *Wa = fit_dense(W, M, N, specs[k], &st);
+        if (Wp && Wa) {
+            double ep = rel_fro(Wp, W, M * N), ea = rel_fro(Wa, W, M * N);
+            if (verbose) printf("%-45s H = c I: error plain %.7f, with stats %.7f\n", specs[k], ep, ea);
+            if (k < 2) check_close(specs[k], Wa, Wp, M * N, 1e-4);
+            // BLAST's iterations differ in rounding only, but 100 over-relaxed steps amplify it
+            if (!(fabs(ea - ep) <= 1e-3 * ep)) {
+                fprintf(stderr, "%s, H = c I: error %.7f, plain %.7f\n", specs[k], ea, ep);
+                g_failures++;
+            }
+        }
+        free(Wp), free(Wa);
+    }
+    free(H);
+}
+
+
+// BLAST with the statistics: no worse than the activation-aware closed forms it starts from
+// (lowrank at its rank R, blocklowrank at T = R / B), and its iterations improve on them.
+static void test_blast_starts(const double *H, const float *W) {
+    double *Hd = damped(H, N);
+    sm_stats st = {.gram = H, .tokens = TOK};
+    const char *blast[] = {"blast:blocks=4,rank=8,iters=100", "blast:blocks=4,rank=8,iters=0",
+                           "blast:blocks=2,rank=6,perm=stride,iters=60"};
+    const char *starts[3][2] = {{"lowrank:rank=8", "blocklowrank:blocks=4,rank=2"},
+                                {"lowrank:rank=8", "blocklowrank:blocks=4,rank=2"},
+                                {"lowrank:rank=6", "monarch:blocks=2,rank=3"}};
+    double q[3];
+    for (int k = 0; k < 3; k++) {
+        float *Wb = fit_dense(W, M, N, blast[k], &st);
+        if (!Wb) return;
+        q[k] = quad(W, Wb, M, N, Hd);
+        for (int a = 0; a < 2; a++) {
+            float *Ws = fit_dense(W, M, N, starts[k][a], &st);
+            if (!Ws) continue;
+            double qs = quad(W, Ws, M, N, Hd);
+            if (verbose)
+                printf("%-45s damped objective %.6g, %s %.6g\n", blast[k], q[k], starts[k][a], qs);
+            if (!(q[k] <= qs * (1 + 1e-5))) {
+                fprintf(stderr, "%s: %.9g above the warm start %s: %.9g\n", blast[k], q[k],
+                        starts[k][a], qs);
+                g_failures++;
+            }
+            free(Ws);
+        }
+        free(Wb);
+    }
+    CHECK(q[0] < 0.95 * q[1]); // the iterations do move it
+    free(Hd);
+}
+
+int main(int argc, char **argv) {
+    verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
+    double *X = malloc(sizeof(double) * TOK * N), *H = malloc(sizeof(double) * N * N);
+    float *W = malloc(sizeof(float) * M * N);
+    make_inputs(X, TOK, N, 3);
+    gram(X, TOK, N, H);
+    fill_random(W, M * N, 4);
+    test_below_plain(X, H, W);
+    test_one_block(H, W);
+    test_block_diagonal_gram(H, W);
+    test_identity_gram(W);
+    test_blast_starts(H, W);
+    free(X), free(H), free(W);
+    TEST_END();
+}
