@@ -62,7 +62,9 @@ static void usage(FILE *f) {
         "                       bytes, bpw, weights, ratio, matrices, measure_seconds,\n"
         "                       write_seconds, objective, by_layer_type, probe\n"
         "  --seed S             seed of rotations and randomized solvers (default 24301)\n"
-        "  --threads N          threads (default: all cores)\n\n"
+        "  --threads N          threads (default: all cores)\n"
+        "  --max-memory SIZE    refuse, with an error, library allocations past SIZE in all\n"
+        "                       (500MB, 2GB, 1.5GiB; memory-mapped checkpoints do not count)\n\n"
         "examples:\n"
         "  structmat calibrate models/shakespeare-llama-3m -f train.txt -o s.calib\n"
         "  structmat compress models/shakespeare-llama-3m --calib s.calib --target 3bpw -o m3\n"
@@ -478,6 +480,15 @@ static int parse(int argc, char **argv, args *a) {
         else if (strcmp(argv[i], "--keep") == 0) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             a->keep[a->nkeep++] = v;
+        }
+        else if (strcmp(argv[i], "--max-memory") == 0) {
+            size_t limit;
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            if (sm_parse_bytes(v, &limit) != SM_OK) {
+                fprintf(stderr, "structmat compress: --max-memory: %s\n", sm_last_error());
+                return 2;
+            }
+            sm_set_alloc_limit(limit);
         }
         else if (argv[i][0] == '-') {
             fprintf(stderr, "structmat compress: unknown option %s\n", argv[i]);

@@ -46,6 +46,8 @@ static void usage(FILE *f) {
         "                          comparing also kld_mean, kld_stderr, kld_median, kld_q99,\n"
         "                          kld_max, top1_agreement, nll_base, ppl_base, ppl_ratio, dnll\n"
         "  --threads N             threads (default: all cores)\n"
+        "  --max-memory SIZE       refuse, with an error, library allocations past SIZE in all\n"
+        "                          (500MB, 2GB, 1.5GiB; memory-mapped checkpoints do not count)\n"
         "  --seed S                accepted for uniformity; eval is deterministic\n\n"
         "examples:\n"
         "  structmat eval models/shakespeare-llama-3m -f val.txt -c 256\n"
@@ -497,6 +499,14 @@ int cmd_eval(int argc, char **argv) {
             if (!(o.base = cli_value(argc, argv, &i))) return 2;
         } else if (!strcmp(a, "--kl-divergence")) {
             o.kld = true;
+        } else if (!strcmp(a, "--max-memory")) {
+            size_t limit;
+            if (!(v = cli_value(argc, argv, &i))) return 2;
+            if (sm_parse_bytes(v, &limit) != SM_OK) {
+                fprintf(stderr, "structmat eval: --max-memory: %s\n", sm_last_error());
+                return 2;
+            }
+            sm_set_alloc_limit(limit);
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "structmat eval: unknown option %s\n", a);
             return 2;

@@ -2,32 +2,15 @@
 // text): sm_tokenizer_load_json, then encode with and without BOS and decode every id.
 // Invariants: a refusal leaves a message; ids inside the vocabulary, BOS first when asked and
 // the tokenizer has one, encoding is deterministic, every id (and ids past the vocabulary)
-// decodes without fault.
+// decodes without fault. An id far past the number of entries (one of 2e9 in a small file:
+// tests/regress/tokenizer_json) is refused before the tables are sized by it.
 #include "fuzz.h"
 #include "structmat_model.h"
 
-#include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_TEXT 4096
-
-// Known finding F3 (fuzz/findings/tokenizer_json-vocab-id-2e9, reported; src/model is not
-// fixed yet): the vocabulary is sized by the largest id in the file, so one token with id 2e9
-// makes the loader allocate 16 GB. Inputs with an id past 2^20 are skipped until it checks.
-static bool huge_id(const uint8_t *json, size_t len) {
-    cJSON *root = cJSON_ParseWithLength((const char *)json, len);
-    bool huge = false;
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model"), *e;
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    cJSON_ArrayForEach(e, vocab) huge |= cJSON_IsNumber(e) && e->valuedouble > (1 << 20);
-    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
-        huge |= cJSON_IsNumber(id) && id->valuedouble > (1 << 20);
-    }
-    cJSON_Delete(root);
-    return huge;
-}
 
 int sm_fuzz_tokenizer_json(const uint8_t *data, size_t size) {
     sm_fuzz_init();
@@ -36,7 +19,6 @@ int sm_fuzz_tokenizer_json(const uint8_t *data, size_t size) {
     int k = sm_fuzz_split(data, size, piece, len, 2);
     char path[256];
     sm_fuzz_path(path, sizeof path, "tokenizer_json", "tokenizer.json");
-    if (huge_id(piece[0], len[0])) return 0;
     sm_fuzz_write(path, piece[0], len[0]);
     const char *text = k > 1 ? (const char *)piece[1] : "";
     size_t tlen = k > 1 ? (len[1] < MAX_TEXT ? len[1] : MAX_TEXT) : 0;

@@ -65,6 +65,19 @@ sm_status sm_isa_set(sm_isa isa);    // SM_ERR_UNSUPPORTED when the CPU lacks it
 const char *sm_isa_name(sm_isa isa); // "scalar", "avx2", "avx512"
 void sm_set_threads(int n);          // OpenMP and OpenBLAS threads (n <= 0: all cores)
 
+// --- memory budget ------------------------------------------------------------------------------
+
+// A process-wide bound on the bytes the library's own allocations (sm_alloc: weights it builds,
+// activations, KV caches, fit workspaces) hold at once; memory-mapped checkpoint data does not
+// count. An allocation that would take the live total past it fails with SM_ERR_ALLOC and the
+// message "... would exceed --max-memory LIMIT (IN_USE in use)". 0 removes the bound.
+void sm_set_alloc_limit(size_t bytes);
+size_t sm_alloc_limit(void);  // 0: none
+size_t sm_alloc_in_use(void); // live bytes allocated through the library's allocator
+// "500MB", "2GB", "1.5GiB", "800kB", "123456" (bytes; kB/MB/GB/TB are powers of 10, KiB/MiB/GiB/
+// TiB of 2) -> *bytes; SM_ERR_ARG on anything else, zero included.
+sm_status sm_parse_bytes(const char *text, size_t *bytes);
+
 // --- element types ------------------------------------------------------------------------------
 
 // Tensor element types as files store them (safetensors names in sm_dtype_name).

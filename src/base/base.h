@@ -13,6 +13,9 @@ sm_status sm_fail(sm_status s, const char *fmt, ...) __attribute__((format(print
 // Prefixes the current error message with a context ("file.safetensors: ").
 void sm_error_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void sm_error_clear(void);
+// Keeps the current message (an allocation refused by the --max-memory budget) to be appended to
+// the next SM_ERR_ALLOC failure on this thread, which would otherwise replace it.
+void sm_error_note_budget(void);
 
 // Programmer errors: prints file and line, then aborts (never for bad input).
 #define SM_ASSERT(x)                                                                             \

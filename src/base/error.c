@@ -4,6 +4,10 @@
 #include <string.h>
 
 static _Thread_local char g_msg[1024];
+// The --max-memory refusal of the last failed sm_alloc on this thread, until an SM_ERR_ALLOC
+// failure reports it: callers of sm_alloc write their own "out of memory for ..." over the
+// allocator's message, and the reader must still learn that the budget, not the machine, ran out.
+static _Thread_local char g_budget[256];
 
 const char *sm_status_str(sm_status s) {
     switch (s) {
@@ -28,6 +32,11 @@ const char *sm_last_error(void) {
 
 void sm_error_clear(void) {
     g_msg[0] = 0;
+    g_budget[0] = 0;
+}
+
+void sm_error_note_budget(void) {
+    snprintf(g_budget, sizeof g_budget, "%s", g_msg);
 }
 
 sm_status sm_fail(sm_status s, const char *fmt, ...) {
@@ -35,6 +44,13 @@ sm_status sm_fail(sm_status s, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(g_msg, sizeof g_msg, fmt, ap);
     va_end(ap);
+    if (s == SM_ERR_ALLOC && g_budget[0]) {
+        if (strcmp(g_msg, g_budget)) {
+            size_t n = strlen(g_msg);
+            snprintf(g_msg + n, sizeof g_msg - n, ": %s", g_budget);
+        }
+        g_budget[0] = 0;
+    }
     return s;
 }
 

@@ -263,6 +263,50 @@ static sm_status load_weights(const hf_ctx *h, sm_model *m, const sm_model_confi
     return SM_OK;
 }
 
+// The sizes that sm_model_alloc allocates by (layers x hidden_size norm vectors, per-layer
+// tables, q/k/v biases) checked against the tensors before anything is allocated: a config.json
+// asking for 2^31 - 1 layers or a hidden_size of 2^31 - 1 is refused here with the key named,
+// instead of allocating gigabytes first and finding the tensors missing afterwards.
+static sm_status check_config_tensors(const char *config, const sm_model_config *cfg,
+                                      const hf_ctx *h) {
+    char name[256], got[128];
+    const sm_tensor_info *t = sm_st_find(h->st, "model.norm.weight");
+    if (!t) return sm_fail(SM_ERR_NOT_FOUND, "%s: missing tensor \"model.norm.weight\"", h->where);
+    if (t->ndim != 1 || t->shape[0] != cfg->hidden_size) {
+        shape_str(t, got, sizeof got);
+        return sm_fail(SM_ERR_SHAPE,
+                       "%s: hidden_size = %lld, but tensor \"model.norm.weight\" in %s has shape "
+                       "%s",
+                       config, (long long)cfg->hidden_size, t->file, got);
+    }
+    // Every layer has its two norm tensors: more layers than half the tensors cannot be there.
+    int64_t L = cfg->num_hidden_layers;
+    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)(L - 1));
+    if (L > sm_st_count(h->st) / 2 || !sm_st_find(h->st, name))
+        return sm_fail(SM_ERR_SHAPE,
+                       "%s: num_hidden_layers = %lld, but %s has no tensor \"%s\" (%d tensors "
+                       "in all)",
+                       config, (long long)L, h->where, name, sm_st_count(h->st));
+    // q/k/v biases are allocated for every layer from n_heads and n_kv_heads x head_dim.
+    static const char *const qkv[3] = {"q", "k", "v"};
+    int64_t dims[3] = {cfg->num_attention_heads * cfg->head_dim,
+                       cfg->num_key_value_heads * cfg->head_dim,
+                       cfg->num_key_value_heads * cfg->head_dim};
+    if (!sm_st_find(h->st, "model.layers.0.self_attn.q_proj.bias")) return SM_OK;
+    for (int k = 0; k < 3; k++) {
+        snprintf(name, sizeof name, "model.layers.0.self_attn.%s_proj.bias", qkv[k]);
+        t = sm_st_find(h->st, name);
+        if (t && t->ndim == 1 && t->shape[0] == dims[k]) continue;
+        if (t) shape_str(t, got, sizeof got);
+        return sm_fail(SM_ERR_SHAPE, "%s: %s x head_dim = %lld x %lld, but tensor \"%s\" %s%s",
+                       config, k ? "num_key_value_heads" : "num_attention_heads",
+                       (long long)(k ? cfg->num_key_value_heads : cfg->num_attention_heads),
+                       (long long)cfg->head_dim, name, t ? "has shape " : "is missing",
+                       t ? got : "");
+    }
+    return SM_OK;
+}
+
 sm_status sm_model_load_hf(const char *path, sm_model **out) {
     *out = NULL;
     struct stat sb;
@@ -310,14 +354,13 @@ sm_status sm_model_load_hf(const char *path, sm_model **out) {
         s = sm_model_check_dims(&info, config);
     }
     if (s == SM_OK) s = sm_st_open(path, &st);
+    hf_ctx h = {.st = st, .where = path};
+    if (s == SM_OK) s = check_config_tensors(config, &cfg, &h);
     if (s == SM_OK) {
         info.qkv_bias = sm_st_find(st, "model.layers.0.self_attn.q_proj.bias") != NULL;
         s = sm_model_alloc(&info, &m);
     }
-    if (s == SM_OK) {
-        hf_ctx h = {.st = st, .where = path};
-        s = load_weights(&h, m, &cfg);
-    }
+    if (s == SM_OK) s = load_weights(&h, m, &cfg);
     if (s == SM_OK) s = sm_model_finish(m);
     sm_st_close(st);
     free(config);

@@ -814,6 +814,17 @@ sm_status sm_tokenizer_load_json(const char *path, sm_tokenizer **out) {
         }
     }
     if (s == SM_OK && n == 0) s = sm_fail(SM_ERR_FORMAT, "%s: empty vocabulary", path);
+    // The tables are sized by the largest id, so one id of 2e9 in a small file would allocate
+    // gigabytes. Real files number their tokens densely (a few holes at most): refuse ids far
+    // past the number of entries before allocating.
+    int64_t entries =
+        s == SM_OK ? (int64_t)cJSON_GetArraySize(vocab) + cJSON_GetArraySize(adds) : 0;
+    int64_t max_ids = 2 * entries + 256;
+    if (s == SM_OK && n > max_ids)
+        s = sm_fail(SM_ERR_FORMAT,
+                    "%s: token id %lld but only %lld vocabulary entries and added tokens (ids "
+                    "below %lld accepted)",
+                    path, (long long)(n - 1), (long long)entries, (long long)max_ids);
     if (s == SM_OK) s = bld_init(&g, n, path);
     if (s == SM_OK) {
         b->byte_fallback = cJSON_IsTrue(item(model, "byte_fallback"));
@@ -985,11 +996,13 @@ static sm_status load_gguf_vocab(const sm_gguf *g, sm_tokenizer **out) {
     if (s == SM_OK) s = bld_finish(&bl, b);
     int64_t nm = 0;
     if (s == SM_OK) {
-        if (sm_gguf_get_array(g, "tokenizer.ggml.merges", &et, &nm) != SM_OK)
+        // A missing key is no merges; clear only that lookup's message, not the refusal's.
+        if (sm_gguf_get_array(g, "tokenizer.ggml.merges", &et, &nm) != SM_OK) {
             nm = 0;
-        else if (et != SM_GGUF_STRING)
+            sm_error_clear();
+        } else if (et != SM_GGUF_STRING) {
             s = sm_fail(SM_ERR_FORMAT, "%s: tokenizer.ggml.merges is not a string array", path);
-        sm_error_clear();
+        }
     }
     if (s == SM_OK) s = alloc_merges(b, nm, path);
     for (int64_t i = 0; i < nm && s == SM_OK; i++) {
