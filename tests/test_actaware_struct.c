@@ -9,7 +9,9 @@
 // - with H = c I the fit is the plain one (same W_hat for the closed forms, same error for BLAST);
 // - BLAST with the statistics is never worse than its activation-aware warm starts (lowrank and
 //   blocklowrank or monarch fitted with the same statistics at BLAST's coordinates), and its
-//   iterations improve on them.
+//   iterations improve on them;
+// - CUR with the statistics keeps its columns and rows, and its U is the least-squares optimum of
+//   the damped objective for them (normal equations in double here).
 #include "testutil.h"
 
 #include <lapacke.h>
@@ -274,6 +276,95 @@ static void test_blast_starts(const double *H, const float *W) {
     free(Hd);
 }
 
+static const sm_part *find_part(const sm_part *p, int np, const char *name) {
+    for (int k = 0; k < np; k++)
+        if (strcmp(p[k].name, name) == 0) return &p[k];
+    return NULL;
+}
+
+// CUR with the statistics: the same columns and rows as without, and U the least-squares optimum
+// of the damped objective for them, here from the normal equations
+// (C^T C) U (R Hd R^T) = C^T W Hd R^T in double.
+static void test_cur(const double *X, const double *H, const float *W) {
+    const int64_t r = 6;
+    double *Hd = damped(H, N);
+    sm_stats st = {.gram = H, .tokens = TOK};
+    sm_op *op[2] = {NULL, NULL};
+    sm_fit_opts o0 = {.seed = 1}, o1 = {.seed = 1, .stats = &st};
+    CHECK_OK(sm_op_fit(W, M, N, "cur:rank=6", &o0, &op[0]));
+    CHECK_OK(sm_op_fit(W, M, N, "cur:rank=6", &o1, &op[1]));
+    if (!op[0] || !op[1]) return;
+    sm_part *p[2];
+    int np[2];
+    const int32_t *cols[2], *rows[2];
+    for (int k = 0; k < 2; k++) {
+        CHECK_OK(sm_op_parts(op[k], &p[k], &np[k]));
+        cols[k] = find_part(p[k], np[k], "cols")->data;
+        rows[k] = find_part(p[k], np[k], "rows")->data;
+    }
+    CHECK(memcmp(cols[0], cols[1], r * 4) == 0 && memcmp(rows[0], rows[1], r * 4) == 0);
+    double C[M * 6], R[6 * N], CtC[36], RHR[36], WHRt[M * 6], Rhs[36], U[36];
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t k = 0; k < r; k++) C[i * r + k] = W[i * N + cols[1][k]];
+    for (int64_t k = 0; k < r; k++)
+        for (int64_t j = 0; j < N; j++) R[k * N + j] = W[rows[1][k] * N + j];
+    // RH = R Hd (r, N); WHRt = W Hd R^T = W (RH)^T (M, r)
+    double *RH = calloc(r * N, sizeof(double));
+    for (int64_t k = 0; k < r; k++)
+        for (int64_t b = 0; b < N; b++)
+            for (int64_t a = 0; a < N; a++) RH[k * N + b] += R[k * N + a] * Hd[a * N + b];
+    for (int64_t a = 0; a < r; a++)
+        for (int64_t b = 0; b < r; b++) {
+            double x = 0, y = 0;
+            for (int64_t i = 0; i < M; i++) x += C[i * r + a] * C[i * r + b];
+            for (int64_t j = 0; j < N; j++) y += RH[a * N + j] * R[b * N + j];
+            CtC[a * r + b] = x, RHR[a * r + b] = y;
+        }
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t k = 0; k < r; k++) {
+            double x = 0;
+            for (int64_t j = 0; j < N; j++) x += W[i * N + j] * RH[k * N + j];
+            WHRt[i * r + k] = x;
+        }
+    for (int64_t a = 0; a < r; a++) // Rhs = C^T W Hd R^T (r, r)
+        for (int64_t k = 0; k < r; k++) {
+            double x = 0;
+            for (int64_t i = 0; i < M; i++) x += C[i * r + a] * WHRt[i * r + k];
+            Rhs[a * r + k] = x;
+        }
+    // U = CtC^-1 Rhs RHR^-1: solve CtC Y = Rhs, then U RHR = Y (RHR symmetric: RHR U^T = Y^T)
+    CHECK(LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', (lapack_int)r, (lapack_int)r, CtC, (lapack_int)r,
+                        Rhs, (lapack_int)r) == 0);
+    for (int64_t a = 0; a < r; a++)
+        for (int64_t b = 0; b < r; b++) U[a * r + b] = Rhs[b * r + a];
+    CHECK(LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', (lapack_int)r, (lapack_int)r, RHR, (lapack_int)r, U,
+                        (lapack_int)r) == 0); // U now holds U^T
+    float *Wopt = malloc(sizeof(float) * M * N), *Wa = malloc(sizeof(float) * M * N);
+    float *Wp = malloc(sizeof(float) * M * N);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double x = 0;
+            for (int64_t a = 0; a < r; a++)
+                for (int64_t b = 0; b < r; b++) x += C[i * r + a] * U[b * r + a] * R[b * N + j];
+            Wopt[i * N + j] = (float)x;
+        }
+    CHECK_OK(sm_op_to_dense(op[0], Wp));
+    CHECK_OK(sm_op_to_dense(op[1], Wa));
+    double opt = quad(W, Wopt, M, N, Hd), got = quad(W, Wa, M, N, Hd);
+    double ep = act_err2(X, TOK, W, Wp, M, N), ea = act_err2(X, TOK, W, Wa, M, N);
+    if (verbose)
+        printf("cur:rank=6 damped objective %.6g, optimum for its C, R %.6g; ||X dW^T||^2 plain "
+               "%.6g, with stats %.6g\n", got, opt, ep, ea);
+    if (!(fabs(got - opt) <= 1e-4 * opt)) {
+        fprintf(stderr, "cur with statistics: objective %.9g, least-squares optimum %.9g\n", got,
+                opt);
+        g_failures++;
+    }
+    CHECK(ea < ep);
+    for (int k = 0; k < 2; k++) free(p[k]), sm_op_free(op[k]);
+    free(RH), free(Hd), free(Wopt), free(Wa), free(Wp);
+}
+
 int main(int argc, char **argv) {
     verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
     double *X = malloc(sizeof(double) * TOK * N), *H = malloc(sizeof(double) * N * N);
@@ -286,6 +377,7 @@ int main(int argc, char **argv) {
     test_block_diagonal_gram(H, W);
     test_identity_gram(W);
     test_blast_starts(H, W);
+    test_cur(X, H, W);
     free(X), free(H), free(W);
     TEST_END();
 }

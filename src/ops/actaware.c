@@ -139,6 +139,34 @@ double sm_act_objective(const float *W, const float *W_hat, int64_t m, int64_t n
     return e;
 }
 
+sm_status sm_act_whiten(const sm_stats *s, int64_t n, double *A, int64_t rows, double *A2,
+                        int64_t rows2) {
+    double *C = NULL, lambda = 0;
+    if (s && s->gram) {
+        sm_status st = sm_act_cholesky(s, n, &C, &lambda);
+        if (st != SM_OK) return st;
+        cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, (int)rows,
+                    (int)n, 1.0, C, (int)n, A, (int)n);
+        if (A2)
+            cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit,
+                        (int)rows2, (int)n, 1.0, C, (int)n, A2, (int)n);
+        sm_free(C);
+        return SM_OK;
+    }
+    double *d = sm_alloc((size_t)n * sizeof(double)), mean = 0;
+    sm_status st = d ? sm_act_norms(s, n, d) : sm_fail(SM_ERR_ALLOC, "out of memory");
+    for (int64_t j = 0; j < n && st == SM_OK; j++) mean += d[j] * d[j] / (double)n;
+    if (st == SM_OK && !(mean > 0))
+        st = sm_fail(SM_ERR_ARG, "calibration sqsum is zero (no input was seen)");
+    for (int64_t j = 0; j < n && st == SM_OK; j++) d[j] = sqrt(d[j] * d[j] + SM_ACT_DAMP * mean);
+    for (int64_t i = 0; i < rows && st == SM_OK; i++)
+        for (int64_t j = 0; j < n; j++) A[i * n + j] *= d[j];
+    for (int64_t i = 0; A2 && i < rows2 && st == SM_OK; i++)
+        for (int64_t j = 0; j < n; j++) A2[i * n + j] *= d[j];
+    sm_free(d);
+    return st;
+}
+
 // --- grids of rank-T blocks ----------------------------------------------------------------------
 
 void sm_act_blocks_free(sm_act_blocks *b) {

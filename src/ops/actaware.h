@@ -39,6 +39,13 @@ sm_status sm_act_lowrank_factors(const float *W, int64_t m, int64_t n, int64_t r
                                  const sm_svd_solver *solver, const sm_stats *s, float *L,
                                  float *R);
 
+// A (rows, n) := A C and, when A2 is not NULL, A2 (rows2, n) := A2 C, with C the lower Cholesky
+// factor of H + lambda I (or, with only sqsum, the diagonal sqrt(sqsum + lambda)): then
+// ||A C||_F^2 = tr(A (H + lambda I) A^T), and least squares in the activation objective become
+// plain ones on whitened matrices.
+sm_status sm_act_whiten(const sm_stats *s, int64_t n, double *A, int64_t rows, double *A2,
+                        int64_t rows2);
+
 // --- grids of rank-T blocks (blocklowrank, monarch, BLAST's warm start) -------------------------
 // The objective tr(dW H dW^T) is a sum over the rows of dW, so rows never couple: a structure whose
 // rows fall into groups ("block rows"), each approximated by K column blocks [B_0 ... B_K-1] of

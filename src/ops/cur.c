@@ -12,7 +12,12 @@
 // Parts: "C" (m, R), "U" (R, R) F32, "R" (R, n), "cols" I32 (R) = J, "rows" I32 (R) = I, both
 // increasing (C's columns and R's rows in that order). dtype (f32, f16, bf16, q8, q4) stores C and
 // R; U stays F32 (pseudo-inverse entries have a wide range). nbytes counts all five parts.
-// Calibration statistics are not used: the fit is the plain Frobenius one.
+// With calibration statistics (sm_fit_opts.stats) the indices are still chosen from the plain
+// SVD of W (the columns of C must be columns of W, and a whitened SVD's right vectors live in
+// whitened coordinates, not W's columns), but U minimises the activation objective
+// tr(dW (H + lambda I) dW^T) for those C and R: with H + lambda I = L L^T,
+// U = C^+ (W L) (R L)^+, the least-squares solution on whitened rows (sm_act_whiten).
+#include "actaware.h"
 #include "op_impl.h"
 
 #include <cblas.h>
@@ -162,7 +167,6 @@ static sm_status pinv_apply(const double *A, int64_t rows, int64_t k, const doub
 }
 
 static sm_status cur_fit(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o) {
-    (void)o;
     int64_t m = op->m, n = op->n, r;
     sm_store store;
     int sel = 0;
@@ -204,7 +208,8 @@ static sm_status cur_fit(sm_op *op, const sm_term *t, const float *W, const sm_f
         for (int64_t k = 0; k < r; k++)
             for (int64_t j = 0; j < n; j++)
                 Rd[k * n + j] = Rf[k * n + j] = W[(int64_t)c->rows[k] * n + j];
-        st = pinv_apply(Cd, m, r, Wd, n, M); // M (r, n) = C^+ W
+        if (o && o->stats) st = sm_act_whiten(o->stats, n, Wd, m, Rd, r); // W L, R L
+        if (st == SM_OK) st = pinv_apply(Cd, m, r, Wd, n, M);             // M (r, n) = C^+ W
     }
     if (st == SM_OK) { // U = M R^+ = (R^+^T M^T)^T = (pinv(R^T) M^T)^T
         double *Rt = Wd, *Mt = sm_alloc((size_t)(n * r) * sizeof(double)); // (n, r) each
