@@ -90,6 +90,20 @@ static const golden_case k_cases[] = {
     {"kron_f16.weight", "input.b", "kron:a=2x16,dtype=f16", "kron:a=2x16,dtype=f16", false, 0.01},
     {"sum.weight", "input.b", "lowrank:rank=2+dense:dtype=q4", "lowrank:rank=2+dense:dtype=q4",
      false, 0.03},
+    // Added later (the entries above were kept bit for bit). BLAST's gradient iterations carry
+    // rounding differences further than one SVD does, so a few iterations only and a looser bound.
+    {"blast.weight", "input.a", "blast:blocks=2,rank=4,perm=stride,iters=10",
+     "blast:blocks=2,rank=4,perm=stride,iters=10", false, 1e-3},
+    {"blast_q8.weight", "input.b", "blast:blocks=4,rank=3,iters=10,dtype=q8",
+     "blast:blocks=4,rank=3,iters=10,dtype=q8", false, 0.02},
+    {"sparse_bitmap.weight", "input.a", "sparse:density=0.5", "sparse:density=0.5,format=bitmap",
+     true, 0},
+    {"sparse_csr.weight", "input.c", "sparse:density=0.05,format=csr",
+     "sparse:density=0.05,format=csr", true, 0},
+    {"sparse_nm.weight", "input.b", "sparse:nm=2:4", "sparse:nm=2:4", true, 0},
+    {"cur.weight", "input.a", "cur:rank=4", "cur:rank=4", false, 1e-4},
+    {"cur_bf16.weight", "input.c", "cur:rank=3,select=leverage,dtype=bf16",
+     "cur:rank=3,select=leverage,dtype=bf16", false, 0.01},
 };
 #define NCASES (int)(sizeof k_cases / sizeof k_cases[0])
 
@@ -310,6 +324,109 @@ static bool ref_term(const sm_st *st, const char *op, const char *prefix, const 
                             bnd[(pp * Mb + i) * n + qq * Nb + j] += fabs(x);
                         }
         free(A), free(B);
+    } else if (!strcmp(name, "blast")) {
+        // W[row(i, a)][j q + c] = sum_r U[i][a][r] S[i][j][r] V[j][r][c], row(i, a) = i p + a
+        // or (perm=stride) a B + i
+        int64_t B = term_int(term, "blocks", 0), R = term_int(term, "rank", 0);
+        int64_t p = m / B, q = n / B;
+        bool stride = strstr(term, "perm=stride") != NULL;
+        char p3[64];
+        snprintf(p1, sizeof p1, "%sU", prefix);
+        snprintf(p2, sizeof p2, "%sV", prefix);
+        snprintf(p3, sizeof p3, "%sS", prefix);
+        double *U = ref_factor(st, op, p1, dt, m, R, 3, (int64_t[]){B, p, R});
+        double *V = ref_factor(st, op, p2, dt, B * R, q, 3, (int64_t[]){B, R, q});
+        double *S = ref_factor(st, op, p3, "f32", B * B, R, 3, (int64_t[]){B, B, R});
+        ok = U && V && S;
+        for (int64_t i = 0; ok && i < B; i++)
+            for (int64_t j = 0; j < B; j++)
+                for (int64_t a = 0; a < p; a++)
+                    for (int64_t c = 0; c < q; c++)
+                        for (int64_t r = 0; r < R; r++) {
+                            int64_t row = stride ? a * B + i : i * p + a;
+                            double x = U[(i * p + a) * R + r] * S[(i * B + j) * R + r] *
+                                       V[(j * R + r) * q + c];
+                            val[row * n + j * q + c] += x;
+                            bnd[row * n + j * q + c] += fabs(x);
+                        }
+        free(U), free(V), free(S);
+    } else if (!strcmp(name, "sparse")) {
+        // bitmap/nm: bit c % 8 of mask[i][c / 8] marks a stored entry, values in row-major
+        // order; csr: indptr (m + 1), indices U16 (n <= 65536), values
+        char nm[64], pv[64];
+        snprintf(pv, sizeof pv, "%s.%svalues", op, prefix);
+        const char *nmk = strstr(term, "nm=");
+        long long N = 0, M = 0;
+        if (nmk && sscanf(nmk + 3, "%lld:%lld", &N, &M) != 2) return false;
+        if (strstr(term, "format=csr")) {
+            char pi[64];
+            snprintf(nm, sizeof nm, "%s.%sindptr", op, prefix);
+            snprintf(pi, sizeof pi, "%s.%sindices", op, prefix);
+            const sm_tensor_info *tp = want_tensor(st, nm, SM_DTYPE_I32, 1, (int64_t[]){m + 1});
+            if (!tp) return false;
+            int32_t nnz;
+            memcpy(&nnz, (const char *)tp->data + 4 * m, 4);
+            const sm_tensor_info *ti = want_tensor(st, pi, SM_DTYPE_U16, 1, (int64_t[]){nnz});
+            const sm_tensor_info *tv = want_tensor(st, pv, SM_DTYPE_F32, 1, (int64_t[]){nnz});
+            if (!ti || !tv) return false;
+            for (int64_t i = 0; i < m; i++) {
+                int32_t k0, k1;
+                memcpy(&k0, (const char *)tp->data + 4 * i, 4);
+                memcpy(&k1, (const char *)tp->data + 4 * (i + 1), 4);
+                for (int32_t k = k0; k < k1; k++) {
+                    int64_t c = load_u16(ti->data, k);
+                    float x;
+                    memcpy(&x, (const char *)tv->data + 4 * (int64_t)k, 4);
+                    if (c >= n || (k > k0 && c <= load_u16(ti->data, k - 1))) return false;
+                    val[i * n + c] += x, bnd[i * n + c] += fabs(x);
+                }
+            }
+        } else {
+            int64_t mb = (n + 7) / 8;
+            snprintf(nm, sizeof nm, "%s.%smask", op, prefix);
+            const sm_tensor_info *tm = want_tensor(st, nm, SM_DTYPE_U8, 2, (int64_t[]){m, mb});
+            if (!tm) return false;
+            const unsigned char *mask = tm->data;
+            int64_t nnz = 0;
+            for (int64_t k = 0; k < m * mb; k++) nnz += __builtin_popcount(mask[k]);
+            const sm_tensor_info *tv =
+                M ? want_tensor(st, pv, SM_DTYPE_F32, 2, (int64_t[]){m, n / M * N})
+                  : want_tensor(st, pv, SM_DTYPE_F32, 1, (int64_t[]){nnz});
+            if (!tv) return false;
+            int64_t k = 0;
+            for (int64_t i = 0; i < m; i++) {
+                int64_t row = 0;
+                for (int64_t c = 0; c < n; c++) {
+                    if (!((mask[i * mb + c / 8] >> (c % 8)) & 1)) continue;
+                    float x;
+                    memcpy(&x, (const char *)tv->data + 4 * k++, 4);
+                    val[i * n + c] += x, bnd[i * n + c] += fabs(x);
+                    row++;
+                }
+                if (M && row != N * (n / M)) return false;
+            }
+        }
+    } else if (!strcmp(name, "cur")) { // W = C (m, r) U (r, r) R (r, n); cols, rows I32 (r)
+        int64_t r = term_int(term, "rank", 0);
+        char p3[64], ic[64], ir[64];
+        snprintf(p1, sizeof p1, "%sC", prefix);
+        snprintf(p2, sizeof p2, "%sU", prefix);
+        snprintf(p3, sizeof p3, "%sR", prefix);
+        snprintf(ic, sizeof ic, "%s.%scols", op, prefix);
+        snprintf(ir, sizeof ir, "%s.%srows", op, prefix);
+        double *C = ref_factor(st, op, p1, dt, m, r, 2, (int64_t[]){m, r});
+        double *U = ref_factor(st, op, p2, "f32", r, r, 2, (int64_t[]){r, r});
+        double *R = ref_factor(st, op, p3, dt, r, n, 2, (int64_t[]){r, n});
+        ok = C && U && R && want_tensor(st, ic, SM_DTYPE_I32, 1, (int64_t[]){r}) &&
+             want_tensor(st, ir, SM_DTYPE_I32, 1, (int64_t[]){r});
+        for (int64_t a = 0; ok && a < m; a++)
+            for (int64_t b = 0; b < n; b++)
+                for (int64_t x = 0; x < r; x++)
+                    for (int64_t y = 0; y < r; y++) {
+                        double v = C[a * r + x] * U[x * r + y] * R[y * n + b];
+                        val[a * n + b] += v, bnd[a * n + b] += fabs(v);
+                    }
+        free(C), free(U), free(R);
     } else {
         fprintf(stderr, "golden: no reference for structure \"%s\"\n", name);
         return false;
