@@ -16,6 +16,9 @@ int cmd_generate(int argc, char **argv);
 int cmd_calibrate(int argc, char **argv);
 int cmd_compress(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+// inspect --super-weights (cli/inspect_super.c): prompt NULL is the default one; prints, returns
+// the exit status.
+int inspect_super_weights(const char *path, const char *prompt, double ratio, bool json);
 
 // Common options every command takes.
 typedef struct cli_common {

@@ -1,4 +1,5 @@
 // structmat inspect PATH [--json] [--tensor NAME]...
+// structmat inspect MODEL --super-weights [--prompt TEXT] [--spike-ratio R] [--json]
 #include "cli.h"
 
 #include <math.h>
@@ -9,7 +10,9 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: structmat inspect PATH [--tensor NAME]... [--json] [--threads N]\n\n"
+            "usage: structmat inspect PATH [--tensor NAME]... [--json] [--threads N]\n"
+            "       structmat inspect MODEL --super-weights [--prompt TEXT] [--spike-ratio R] "
+            "[--json]\n\n"
             "One row per 2-D weight of a checkpoint (a .safetensors file, a directory with\n"
             "model.safetensors or a sharded index; or a llama2.c .bin: its token embedding and\n"
             "linear layers, dtype F32): shape, dtype, Frobenius and spectral norm,\n"
@@ -22,7 +25,22 @@ static void usage(FILE *f) {
             "                  effective_rank, k90, k99, max_over_rms, kurtosis, alpha, alpha_xmin,\n"
             "                  alpha_ks, alpha_n\n"
             "  --threads N     threads (default: all cores)\n\n"
-            "example: structmat inspect models/shakespeare-llama-3m\n");
+            "--super-weights: super weights as the Super Weight paper (Yu et al., 2024) finds\n"
+            "them: one forward pass of MODEL over the prompt records, per layer, the largest\n"
+            "|input| of down_proj (channel = column j) and the largest |output| (row i), prints\n"
+            "that table (the paper's spike plot), and reports as candidates the layers where\n"
+            "both spike: at least R times the median of the other layers; the candidate super\n"
+            "weight is W[i][j] of that layer's down_proj (its value is printed). Keep it in full\n"
+            "precision when quantizing (keep-outliers=N of rtn/gptq keeps the N largest |w|).\n"
+            "  --prompt TEXT     the prompt (default \"Summer is warm. Winter is cold.\")\n"
+            "  --spike-ratio R   the candidate threshold (default 5)\n"
+            "  --json            one object per layer (layer, tensor, max_input, input_channel,\n"
+            "                    input_token, max_output, output_row, output_token, weight,\n"
+            "                    input_ratio, output_ratio, candidate), then {\"summary\": {model,\n"
+            "                    prompt, tokens, layers, spike_ratio, candidates: [{layer,\n"
+            "                    tensor, row, col, weight, max_input, max_output}]}}\n\n"
+            "examples: structmat inspect models/shakespeare-llama-3m\n"
+            "          structmat inspect models/shakespeare-llama-3m --super-weights\n");
 }
 
 static void json_num(FILE *f, const char *key, double v) {
@@ -136,8 +154,10 @@ static int inspect_items(const cli_common *cp, const cli_matrices *src, const ch
 // Options; only has room for every argument.
 static int inspect_args(int argc, char **argv, const char **only) {
     cli_common c = {0};
-    const char *path = NULL;
+    const char *path = NULL, *prompt = NULL;
     int nonly = 0;
+    bool super = false;
+    double ratio = 5;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_arg(&c, argc, argv, &i);
         if (r < 0) return 2;
@@ -148,6 +168,19 @@ static int inspect_args(int argc, char **argv, const char **only) {
         }
         if (strcmp(argv[i], "--tensor") == 0) {
             if (!(only[nonly++] = cli_value(argc, argv, &i))) return 2;
+        } else if (strcmp(argv[i], "--super-weights") == 0) {
+            super = true;
+        } else if (strcmp(argv[i], "--prompt") == 0) {
+            if (!(prompt = cli_value(argc, argv, &i))) return 2;
+        } else if (strcmp(argv[i], "--spike-ratio") == 0) {
+            const char *v = cli_value(argc, argv, &i);
+            char *end = NULL;
+            if (!v) return 2;
+            ratio = strtod(v, &end);
+            if (!end || *end || end == v || !(ratio > 0) || !isfinite(ratio)) {
+                fprintf(stderr, "structmat inspect: --spike-ratio %s: expected a number > 0\n", v);
+                return 2;
+            }
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "structmat inspect: unknown option %s\n", argv[i]);
             return 2;
@@ -163,6 +196,16 @@ static int inspect_args(int argc, char **argv, const char **only) {
         return 2;
     }
     sm_set_threads(c.threads);
+    if ((prompt || ratio != 5) && !super) {
+        fprintf(stderr, "structmat inspect: --prompt and --spike-ratio go with --super-weights\n");
+        return 2;
+    }
+    if (super && nonly) {
+        fprintf(stderr, "structmat inspect: --super-weights looks at every down_proj; no "
+                "--tensor\n");
+        return 2;
+    }
+    if (super) return inspect_super_weights(path, prompt, ratio, c.json);
     cli_matrices src;
     if (cli_matrices_open("inspect", path, false, &src)) return 1;
     int rc = inspect_items(&c, &src, only, nonly);
