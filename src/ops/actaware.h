@@ -78,7 +78,7 @@ sm_status sm_act_blockrow_fit(const sm_act_blocks *b, const float *Wr, int64_t l
                               int64_t ldr, int64_t rstep, int max_sweeps, double *obj0,
                               double *obj);
 
-// Sweeps blocklowrank and monarch run: the model's matrices settle (relative gain below 1e-4 per
-// sweep) within about 10 (test_actaware_struct.c prints them with -v).
+// At most this many sweeps per block row (blocklowrank, monarch, BLAST's warm start); a block row
+// stops earlier once a sweep gains less than 1e-4 of its objective.
 #define SM_ACT_SWEEPS 30
 #endif

@@ -744,12 +744,10 @@ static sm_status blast_fit(sm_op *op, const sm_term *t, const float *W, const sm
     st = fitw_init(&w, A, m, n, B, c.R);
     if (st == SM_OK) {
         if (o && o->stats) st = fitw_init_act(&w, o->stats);
-        if (st != SM_OK) {
-        } else if (rms > 0) {
+        if (st == SM_OK && rms > 0)
             st = blast_solve(&w, &c, o);
-        } else { // W = 0: zero factors are exact
+        else if (st == SM_OK) // W = 0: zero factors are exact
             clear_params(&w);
-        }
         if (st == SM_OK) normalize(&w, rms);
         if (st == SM_OK) st = blast_store(b, &w, c.store);
         fitw_free(&w);
