@@ -55,6 +55,7 @@ static const ocase k_cases[] = {
     {"rtn:bits=2,group=16,keep-outliers=5+lowrank:rank=3", 40, 48},
     {"onebit", 37, 53},
     {"onebit", 64, 128},
+    {"onebit:keep-outliers=9", 37, 53},
     {"bitstack:k=2,levels=3", 37, 53},
     {"bitstack:k=4,levels=2,solver=random", 64, 96},
     {"bitstack:k=1,levels=1", 9, 7},

@@ -1,4 +1,4 @@
-// keep-outliers=N of rtn and gptq (src/ops/outliers.c), against references written here:
+// keep-outliers=N of rtn, gptq and onebit (src/ops/outliers.c), against references written here:
 // - the kept set is the N largest |w| (checked by brute force) and to_dense holds them exactly;
 // - apply / apply_t equal a GEMM in double with the matrix decoded here from the stored parts
 //   (codes, scales, zero points as docs/format.md lays them out) plus the kept values, for
@@ -6,8 +6,9 @@
 // - with a diagonal Gram, GPTQ with kept weights is rtn with the same kept weights, bit for bit;
 //   with a full Gram GPTQ's identity W0 - Q' = E U still holds (Q' with the kept values in
 //   place, E = 0 there, U computed here by Cholesky in double);
-// - on heavy-tailed matrices keeping outliers lowers the error (rtn: Frobenius, gptq: the
-//   calibration loss) at 2, 3 and 4 bits;
+// - onebit: apply equals the matrix decoded here from signs, a, b plus the kept values;
+// - on heavy-tailed matrices keeping outliers lowers the error (rtn, onebit: Frobenius, gptq:
+//   the calibration loss) at 2, 3 and 4 bits;
 // - nbytes grows by exactly 8 bytes per kept weight and equals the parts' bytes; canonical specs;
 //   parts and a saved file round-trip bit for bit;
 // - invalid N (negative, not a number, more than m n) and broken parts give clear errors.
@@ -195,6 +196,89 @@ static void test_rtn_apply_and_kept(void) {
         sm_op_free(op);
     }
     free(W);
+}
+
+// onebit: W[r][c] = (+-1) a[r] b[c] from the parts, kept values in place.
+static float *decode_onebit(const sm_op *op, int32_t **kidx, int64_t *nk) {
+    int64_t m = sm_op_rows(op), n = sm_op_cols(op);
+    sm_part *p;
+    int np;
+    CHECK_OK(sm_op_parts(op, &p, &np));
+    const sm_part *sg = find(p, np, "signs"), *a = find(p, np, "a"), *b = find(p, np, "b"),
+                  *oi = find(p, np, "outlier_index"), *ov = find(p, np, "outlier_value");
+    float *D = calloc((size_t)(m * n), sizeof(float));
+    CHECK(sg && a && b && oi && ov);
+    *nk = oi ? oi->shape[0] : 0;
+    *kidx = malloc(sizeof(int32_t) * (size_t)(*nk + 1));
+    if (sg && a && b && oi && ov) {
+        size_t rb = (size_t)(n + 7) / 8;
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t c = 0; c < n; c++) {
+                float w = sm_f16_to_f32(((const uint16_t *)a->data)[r]) *
+                          sm_f16_to_f32(((const uint16_t *)b->data)[c]);
+                bool pos = (((const uint8_t *)sg->data)[r * rb + c / 8] >> (c % 8)) & 1;
+                D[r * n + c] = pos ? w : -w;
+            }
+        memcpy(*kidx, oi->data, sizeof(int32_t) * (size_t)*nk);
+        for (int64_t k = 0; k < *nk; k++) D[(*kidx)[k]] = ((const float *)ov->data)[k];
+    }
+    free(p);
+    return D;
+}
+
+static void test_onebit(void) {
+    int64_t m = 40, n = 96;
+    float *W = heavy(m, n, 17), *D = malloc(sizeof(float) * (size_t)(m * n));
+    double e0 = NAN;
+    sm_op *plain = NULL;
+    CHECK_OK(sm_op_fit(W, m, n, "onebit", NULL, &plain));
+    if (plain) {
+        CHECK_OK(sm_op_to_dense(plain, D));
+        e0 = rel_fro(D, W, m * n);
+    }
+    const int64_t counts[] = {1, 64};
+    for (int c = 0; c < 2; c++) {
+        char spec[64];
+        snprintf(spec, sizeof spec, "onebit:keep-outliers=%lld", (long long)counts[c]);
+        sm_op *op = NULL;
+        CHECK_OK(sm_op_fit(W, m, n, spec, NULL, &op));
+        if (!op) continue;
+        CHECK(strcmp(sm_op_spec(op), spec) == 0);
+        int32_t *idx;
+        int64_t nk;
+        float *R = decode_onebit(op, &idx, &nk);
+        CHECK_OK(sm_op_to_dense(op, D));
+        check_close(spec, D, R, m * n, 1e-7);
+        check_kept(W, m, n, idx, nk, counts[c], D, spec);
+        check_apply(op, R, spec);
+        double e = rel_fro(D, W, m * n);
+        if (!(e < e0)) {
+            fprintf(stderr, "%s: error %.4g, without kept weights %.4g\n", spec, e, e0);
+            g_failures++;
+        }
+        if (plain) CHECK(sm_op_nbytes(op) == sm_op_nbytes(plain) + 8 * counts[c]);
+        sm_part *parts;
+        int np;
+        sm_op *re = NULL;
+        CHECK_OK(sm_op_parts(op, &parts, &np));
+        size_t total = 0;
+        for (int i = 0; i < np; i++) total += parts[i].nbytes;
+        CHECK((int64_t)total == sm_op_nbytes(op));
+        CHECK_OK(sm_op_from_parts(sm_op_spec(op), m, n, parts, np, &re));
+        if (re) {
+            float *D2 = malloc(sizeof(float) * (size_t)(m * n));
+            CHECK_OK(sm_op_to_dense(re, D2));
+            CHECK(memcmp(D, D2, sizeof(float) * (size_t)(m * n)) == 0);
+            free(D2);
+        }
+        free(parts), free(R), free(idx);
+        sm_op_free(op), sm_op_free(re);
+    }
+    sm_op *bad = NULL;
+    CHECK_FAIL(sm_op_fit(W, m, n, "onebit:keep-outliers=3841", NULL, &bad), SM_ERR_SPEC,
+               "more than the 3840 weights");
+    sm_op_free(plain);
+    free(W), free(D);
 }
 
 // H = X^T X of inputs with channels of different scales and correlated neighbours.
@@ -518,6 +602,7 @@ static void test_errors(void) {
 int main(void) {
     test_rtn_apply_and_kept();
     test_gptq_diag_equals_rtn();
+    test_onebit();
     test_gptq_identity();
     test_error_lower();
     test_bytes_spec_roundtrip();

@@ -154,6 +154,29 @@ static void divisors(int64_t n, char *buf, size_t cap) {
     }
 }
 
+sm_status sm_qout_count(const sm_term *t, int64_t m, int64_t n, int64_t *count) {
+    *count = 0;
+    const sm_item *ko = sm_term_find(t, "keep-outliers");
+    if (!ko) return SM_OK;
+    char *end = NULL;
+    long long v = ko->flag ? -1 : strtoll(ko->value, &end, 10);
+    if (ko->flag || !end || *end || end == ko->value || v < 0)
+        return sm_fail(SM_ERR_SPEC,
+                       "%s: keep-outliers=%s: expected a whole number N >= 0 of weights to "
+                       "keep in full precision", t->name, ko->flag ? "" : ko->value);
+    if (v > m * n)
+        return sm_fail(SM_ERR_SPEC,
+                       "%s: keep-outliers=%lld is more than the %lld weights of a %lldx%lld "
+                       "matrix", t->name, v, (long long)(m * n), (long long)m, (long long)n);
+    if (v > 0 && m * n > INT32_MAX)
+        return sm_fail(SM_ERR_SPEC,
+                       "%s: keep-outliers: a %lldx%lld matrix has more weights than the "
+                       "int32 outlier indices address (2^31 - 1)", t->name, (long long)m,
+                       (long long)n);
+    *count = v;
+    return SM_OK;
+}
+
 sm_status sm_qspec_from_term(const sm_term *t, int64_t m, int64_t n, sm_qspec *out) {
     memset(out, 0, sizeof *out);
     int64_t bits;
@@ -193,25 +216,7 @@ sm_status sm_qspec_from_term(const sm_term *t, int64_t m, int64_t n, sm_qspec *o
         snprintf(what, sizeof what, "%s (out features)", t->name);
         if ((st = sm_rht_check(m, what)) != SM_OK) return st;
     }
-    const sm_item *ko = sm_term_find(t, "keep-outliers");
-    if (ko) {
-        char *end = NULL;
-        long long v = ko->flag ? -1 : strtoll(ko->value, &end, 10);
-        if (ko->flag || !end || *end || end == ko->value || v < 0)
-            return sm_fail(SM_ERR_SPEC,
-                           "%s: keep-outliers=%s: expected a whole number N >= 0 of weights to "
-                           "keep in full precision", t->name, ko->flag ? "" : ko->value);
-        if (v > m * n)
-            return sm_fail(SM_ERR_SPEC,
-                           "%s: keep-outliers=%lld is more than the %lld weights of a %lldx%lld "
-                           "matrix", t->name, v, (long long)(m * n), (long long)m, (long long)n);
-        if (v > 0 && m * n > INT32_MAX)
-            return sm_fail(SM_ERR_SPEC,
-                           "%s: keep-outliers: a %lldx%lld matrix has more weights than the "
-                           "int32 outlier indices address (2^31 - 1)", t->name, (long long)m,
-                           (long long)n);
-        out->keep = v;
-    }
+    if ((st = sm_qout_count(t, m, n, &out->keep)) != SM_OK) return st;
     return SM_OK;
 }
 

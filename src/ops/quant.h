@@ -99,6 +99,9 @@ typedef struct sm_qout {
     float *corr;  // (count) val - the quantized part there (derived at fit and load, not stored)
 } sm_qout;
 
+// keep-outliers=N of term t for an (m, n) matrix (0 when absent): SM_ERR_SPEC for a negative or
+// malformed N, N > m n, or N > 0 with m n >= 2^31.
+sm_status sm_qout_count(const sm_term *t, int64_t m, int64_t n, int64_t *count);
 sm_status sm_qout_alloc(sm_qout *o, int64_t count);
 void sm_qout_free(sm_qout *o);
 // The count largest |W| of W (m, n) (ties: the lower flat index), idx ascending, val = W there.
