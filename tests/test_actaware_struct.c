@@ -6,6 +6,8 @@
 //   computed here in double with LAPACK), as does lowrank with the statistics;
 // - with a block-diagonal H the blocks decouple, so the fit must equal the sum of the per-block
 //   closed-form optima (computed here block by block) for blocklowrank and monarch;
+// - with only per-channel sqsum (diagonal H) the same holds for blocklowrank and monarch, and
+//   BLAST beats its plain fit;
 // - with H = c I the fit is the plain one (same W_hat for the closed forms, same error for BLAST);
 // - BLAST with the statistics is never worse than its activation-aware warm starts (lowrank and
 //   blocklowrank or monarch fitted with the same statistics at BLAST's coordinates), and its
@@ -365,6 +367,42 @@ static void test_cur(const double *X, const double *H, const float *W) {
     free(RH), free(Hd), free(Wopt), free(Wa), free(Wp);
 }
 
+// Only per-channel sqsum (no Gram): H = diag(sqsum), damped by 1% of its mean. The blocks
+// decouple, so blocklowrank and monarch must reach the sum of the per-block optima; BLAST must
+// beat its plain fit in that objective.
+static void test_sqsum_only(const double *H, const float *W) {
+    const int64_t K = 4, T = 2, p = N / K, s = M / K;
+    double sq[N], mean = 0, *G = calloc(N * N, sizeof(double));
+    for (int64_t j = 0; j < N; j++) sq[j] = H[j * N + j], mean += sq[j] / N;
+    for (int64_t j = 0; j < N; j++) G[j * N + j] = sq[j] + DAMP * mean;
+    sm_stats st = {.sqsum = sq, .tokens = TOK};
+    for (int mon = 0; mon < 2; mon++) {
+        double opt = 0;
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t j = 0; j < K; j++) {
+                const float *A = mon ? W + i * N + j * p : W + i * s * N + j * p;
+                opt += block_optimum(A, mon ? K * N : N, s, p, G + j * p * N + j * p, N, T, NULL);
+            }
+        const char *spec = mon ? "monarch:blocks=4,rank=2" : "blocklowrank:blocks=4,rank=2";
+        float *Wa = fit_dense(W, M, N, spec, &st);
+        if (!Wa) continue;
+        double got = quad(W, Wa, M, N, G);
+        if (!(fabs(got - opt) <= 1e-4 * opt)) {
+            fprintf(stderr, "%s, sqsum only: objective %.9g, optimum %.9g\n", spec, got, opt);
+            g_failures++;
+        }
+        free(Wa);
+    }
+    float *Wp = fit_dense(W, M, N, "blast:blocks=4,rank=6,iters=50", NULL);
+    float *Wa = fit_dense(W, M, N, "blast:blocks=4,rank=6,iters=50", &st);
+    if (Wp && Wa) {
+        double qp = quad(W, Wp, M, N, G), qa = quad(W, Wa, M, N, G);
+        if (verbose) printf("blast sqsum only: damped objective plain %.6g, with stats %.6g\n", qp, qa);
+        CHECK(qa < 0.5 * qp);
+    }
+    free(Wp), free(Wa), free(G);
+}
+
 int main(int argc, char **argv) {
     verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
     double *X = malloc(sizeof(double) * TOK * N), *H = malloc(sizeof(double) * N * N);
@@ -378,6 +416,7 @@ int main(int argc, char **argv) {
     test_identity_gram(W);
     test_blast_starts(H, W);
     test_cur(X, H, W);
+    test_sqsum_only(H, W);
     free(X), free(H), free(W);
     TEST_END();
 }
