@@ -1,4 +1,4 @@
-// Activation-aware fitting of the block structures (blocklowrank, monarch, blast) with a
+// Activation-aware fitting of the block structures (blocklowrank, monarch, blast, blockdiag) with a
 // calibration Gram H = X^T X whose channels span 1e-2 .. 1e2 in scale:
 // - with the statistics, ||X (W - W_hat)^T||_F (evaluated on X itself, in double) is well below
 //   the plain fit's, and the damped objective tr(dW (H + lambda I) dW^T) is no higher;
@@ -12,6 +12,9 @@
 // - BLAST with the statistics is never worse than its activation-aware warm starts (lowrank and
 //   blocklowrank or monarch fitted with the same statistics at BLAST's coordinates), and its
 //   iterations improve on them;
+// - blockdiag with the statistics is, block row by block row, the least-squares optimum of the
+//   damped objective, computed here by LAPACK's QR (dgels) on the stacked system [X; sqrt(lambda)
+//   I]; with only sqsum it is the plain copy of the diagonal blocks;
 // - CUR with the statistics keeps its columns and rows, and its U is the least-squares optimum of
 //   the damped objective for them (normal equations in double here).
 #include "testutil.h"
@@ -81,7 +84,8 @@ static double *damped(const double *H, int64_t n) {
 // singular values squared); B (s, p) receives the optimum when not NULL.
 static double block_optimum(const float *A, int64_t lda, int64_t s, int64_t p, const double *G,
                             int64_t ldg, int64_t r, double *B) {
-    double *C = calloc((size_t)(p * p), sizeof(double)), *M = calloc((size_t)(s * p), sizeof(double));
+    double *C = calloc((size_t)(p * p), sizeof(double)),
+           *M = calloc((size_t)(s * p), sizeof(double));
     for (int64_t a = 0; a < p; a++)
         for (int64_t b = 0; b <= a; b++) C[a * p + b] = G[a * ldg + b];
     CHECK(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)p, C, (lapack_int)p) == 0);
@@ -116,8 +120,7 @@ static double block_optimum(const float *A, int64_t lda, int64_t s, int64_t p, c
     return tail;
 }
 
-static float *fit_dense(const float *W, int64_t m, int64_t n, const char *spec,
-                        const sm_stats *s) {
+static float *fit_dense(const float *W, int64_t m, int64_t n, const char *spec, const sm_stats *s) {
     sm_op *op = NULL;
     sm_fit_opts o = {.seed = 1, .stats = s};
     CHECK_OK(sm_op_fit(W, m, n, spec, &o, &op));
@@ -136,9 +139,10 @@ enum { M = 24, N = 32, TOK = 400 };
 static void test_below_plain(const double *X, const double *H, const float *W) {
     double *Hd = damped(H, N);
     sm_stats st = {.gram = H, .tokens = TOK};
-    const char *specs[] = {"blocklowrank:blocks=4,rank=2", "monarch:blocks=4,rank=2",
-                           "blast:blocks=4,rank=6,iters=100", "blocklowrank:blocks=2,rank=3",
-                           "monarch:blocks=2,rank=4", "blast:blocks=2,rank=5,perm=stride,iters=60"};
+    const char *specs[] = {
+        "blocklowrank:blocks=4,rank=2",    "monarch:blocks=4,rank=2",
+        "blast:blocks=4,rank=6,iters=100", "blocklowrank:blocks=2,rank=3",
+        "monarch:blocks=2,rank=4",         "blast:blocks=2,rank=5,perm=stride,iters=60"};
     for (int k = 0; k < 6; k++) {
         float *Wp = fit_dense(W, M, N, specs[k], NULL), *Wa = fit_dense(W, M, N, specs[k], &st);
         if (!Wp || !Wa) {
@@ -180,7 +184,8 @@ static void test_one_block(const double *H, const float *W) {
             g_failures++;
         }
         if (!(rel_fro(Wa, Bf, M * N) < 1e-3)) {
-            fprintf(stderr, "%s: W_hat is %.3g from the optimum\n", specs[k], rel_fro(Wa, Bf, M * N));
+            fprintf(stderr, "%s: W_hat is %.3g from the optimum\n", specs[k],
+                    rel_fro(Wa, Bf, M * N));
             g_failures++;
         }
         free(Wa);
@@ -230,7 +235,8 @@ static void test_identity_gram(const float *W) {
         float *Wp = fit_dense(W, M, N, specs[k], NULL), *Wa = fit_dense(W, M, N, specs[k], &st);
         if (Wp && Wa) {
             double ep = rel_fro(Wp, W, M * N), ea = rel_fro(Wa, W, M * N);
-            if (verbose) printf("%-45s H = c I: error plain %.7f, with stats %.7f\n", specs[k], ep, ea);
+            if (verbose)
+                printf("%-45s H = c I: error plain %.7f, with stats %.7f\n", specs[k], ep, ea);
             if (k < 2) check_close(specs[k], Wa, Wp, M * N, 1e-4);
             // BLAST's iterations differ in rounding only, but 100 over-relaxed steps amplify it
             if (!(fabs(ea - ep) <= 1e-3 * ep)) {
@@ -242,7 +248,6 @@ static void test_identity_gram(const float *W) {
     }
     free(H);
 }
-
 
 // BLAST with the statistics: no worse than the activation-aware closed forms it starts from
 // (lowrank at its rank R, blocklowrank at T = R / B), and its iterations improve on them.
@@ -356,7 +361,8 @@ static void test_cur(const double *X, const double *H, const float *W) {
     double ep = act_err2(X, TOK, W, Wp, M, N), ea = act_err2(X, TOK, W, Wa, M, N);
     if (verbose)
         printf("cur:rank=6 damped objective %.6g, optimum for its C, R %.6g; ||X dW^T||^2 plain "
-               "%.6g, with stats %.6g\n", got, opt, ep, ea);
+               "%.6g, with stats %.6g\n",
+               got, opt, ep, ea);
     if (!(fabs(got - opt) <= 1e-4 * opt)) {
         fprintf(stderr, "cur with statistics: objective %.9g, least-squares optimum %.9g\n", got,
                 opt);
@@ -397,10 +403,64 @@ static void test_sqsum_only(const double *H, const float *W) {
     float *Wa = fit_dense(W, M, N, "blast:blocks=4,rank=6,iters=50", &st);
     if (Wp && Wa) {
         double qp = quad(W, Wp, M, N, G), qa = quad(W, Wa, M, N, G);
-        if (verbose) printf("blast sqsum only: damped objective plain %.6g, with stats %.6g\n", qp, qa);
+        if (verbose)
+            printf("blast sqsum only: damped objective plain %.6g, with stats %.6g\n", qp, qa);
         CHECK(qa < 0.5 * qp);
     }
     free(Wp), free(Wa), free(G);
+}
+
+// blockdiag:blocks=K: block row i minimises ||X (W_i - E_J B)^T||^2 + lambda ||W_i - E_J B||^2
+// over B (mb, nb), E_J placing B's columns at J: the least-squares problem A B^T = Rhs with
+// A = [X_J; sqrt(lambda) I_{:, J}] (T + n, nb) and Rhs = [X W_i^T; sqrt(lambda) W_i^T] (T + n, mb).
+static void test_blockdiag(const double *X, const double *H, const float *W) {
+    const int64_t K = 4, mb = M / K, nb = N / K, rows = TOK + N;
+    sm_stats st = {.gram = H, .tokens = TOK};
+    float *D = fit_dense(W, M, N, "blockdiag:blocks=4", &st);
+    float *P = fit_dense(W, M, N, "blockdiag:blocks=4", NULL);
+    double tr = 0;
+    for (int64_t j = 0; j < N; j++) tr += H[j * N + j];
+    double sl = sqrt(DAMP * tr / (double)N), worst = 0, scale = 0;
+    double *A = malloc(sizeof(double) * (size_t)(rows * nb));
+    double *R = malloc(sizeof(double) * (size_t)(rows * mb));
+    for (int64_t i = 0; D && P && i < K; i++) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < nb; c++)
+                A[r * nb + c] = r < TOK ? X[r * N + i * nb + c] : (r - TOK == i * nb + c ? sl : 0);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t q = 0; q < mb; q++) {
+                const float *w = W + (i * mb + q) * N;
+                double v = 0;
+                if (r < TOK)
+                    for (int64_t j = 0; j < N; j++) v += X[r * N + j] * w[j];
+                else
+                    v = sl * w[r - TOK];
+                R[r * mb + q] = v;
+            }
+        CHECK(LAPACKE_dgels(LAPACK_ROW_MAJOR, 'N', (lapack_int)rows, (lapack_int)nb, (lapack_int)mb,
+                            A, (lapack_int)nb, R, (lapack_int)mb) == 0);
+        for (int64_t q = 0; q < mb; q++)
+            for (int64_t j = 0; j < N; j++) {
+                double want = (j / nb == i) ? R[(j - i * nb) * mb + q] : 0.0;
+                double got = D[(i * mb + q) * N + j];
+                worst = fmax(worst, fabs(got - want));
+                scale = fmax(scale, fabs(want));
+            }
+    }
+    if (verbose) printf("blockdiag: max |fit - dgels| %.3g of max %.3g\n", worst, scale);
+    CHECK(worst <= 1e-4 * scale);
+    if (D && P) {
+        double a = act_err2(X, TOK, W, D, M, N), b = act_err2(X, TOK, W, P, M, N);
+        if (verbose) printf("blockdiag: activation error with %.4g, without %.4g\n", a, b);
+        CHECK(a < b);
+    }
+    // Only per-channel sums (a diagonal H): the plain copy.
+    double sq[N];
+    for (int64_t j = 0; j < N; j++) sq[j] = H[j * N + j];
+    sm_stats diag = {.sqsum = sq, .tokens = TOK};
+    float *Q = fit_dense(W, M, N, "blockdiag:blocks=4", &diag);
+    if (Q && P) CHECK(memcmp(Q, P, sizeof(float) * M * N) == 0);
+    free(A), free(R), free(D), free(P), free(Q);
 }
 
 int main(int argc, char **argv) {
@@ -415,6 +475,7 @@ int main(int argc, char **argv) {
     test_block_diagonal_gram(H, W);
     test_identity_gram(W);
     test_blast_starts(H, W);
+    test_blockdiag(X, H, W);
     test_cur(X, H, W);
     test_sqsum_only(H, W);
     free(X), free(H), free(W);

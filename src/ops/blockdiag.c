@@ -2,8 +2,17 @@
 // W (m, n) ~ diag(D_0, ..., D_{K-1}) with contiguous blocks: block i maps input columns
 // [i n/K, (i+1) n/K) to output rows [i m/K, (i+1) m/K). Copying the diagonal blocks is the exact
 // Frobenius-optimal projection (the off-diagonal entries cannot be represented at all).
+// With a calibration Gram (sm_fit_opts.stats) the fit minimises tr(dW (H + lambda I) dW^T)
+// (actaware.h). Rows never couple and block row i has one free block B on columns J, so the
+// optimum is the least-squares solution B = W_i H'[:, J] (H'_JJ)^-1, W_i the block row's full
+// rows: the weights outside the diagonal block are folded into it through the input correlations.
+// With only per-channel sums (a diagonal H) that is the plain copy.
 // Part: "D" (K, m/K, n/K) (q8/q4: "D.codes", "D.scales" 2-D over the (m, n/K) rows).
+#include "actaware.h"
 #include "op_impl.h"
+
+#include <cblas.h>
+#include <lapacke.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -46,8 +55,38 @@ static blockdiag *blockdiag_new(int64_t K, int64_t m, int64_t n) {
     return b;
 }
 
+// D (m, nb) := the activation-aware blocks (see the top): per block i, with Y = W_i H'[:, J]
+// (mb, nb), B^T = H'_JJ^-1 Y^T by the Cholesky factor of H'_JJ.
+static sm_status blockdiag_fit_act(const float *W, int64_t m, int64_t n, int64_t K,
+                                   const sm_stats *s, float *D) {
+    sm_act_blocks ab;
+    sm_status st = sm_act_blocks_init(s, n, K, &ab);
+    if (st != SM_OK) return st;
+    int64_t mb = m / K, nb = n / K;
+    double *Wi = sm_alloc((size_t)(mb * n) * sizeof(double));  // (mb, n)
+    double *Yt = sm_alloc((size_t)(nb * mb) * sizeof(double)); // (nb, mb)
+    double *HJ = sm_alloc((size_t)(n * nb) * sizeof(double));  // (n, nb) = H'[:, J]
+    if (!Wi || !Yt || !HJ) st = sm_fail(SM_ERR_ALLOC, "blockdiag: out of memory");
+    for (int64_t i = 0; i < K && st == SM_OK; i++) {
+        for (int64_t r = 0; r < mb * n; r++) Wi[r] = W[i * mb * n + r];
+        for (int64_t a = 0; a < n; a++)
+            for (int64_t c = 0; c < nb; c++)
+                HJ[a * nb + c] = ab.gram[a * n + i * nb + c] + (a == i * nb + c ? ab.lambda : 0.0);
+        // Y^T = (W_i HJ)^T = HJ^T W_i^T
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)nb, (int)mb, (int)n, 1.0, HJ,
+                    (int)nb, Wi, (int)n, 0.0, Yt, (int)mb);
+        lapack_int info = LAPACKE_dpotrs(LAPACK_ROW_MAJOR, 'L', (lapack_int)nb, (lapack_int)mb,
+                                         ab.C + i * nb * nb, (lapack_int)nb, Yt, (lapack_int)mb);
+        if (info != 0) st = sm_fail(SM_ERR_NUMERIC, "blockdiag: dpotrs info %d", (int)info);
+        for (int64_t r = 0; r < mb && st == SM_OK; r++)
+            for (int64_t c = 0; c < nb; c++) D[(i * mb + r) * nb + c] = (float)Yt[c * mb + r];
+    }
+    sm_free(Wi), sm_free(Yt), sm_free(HJ);
+    sm_act_blocks_free(&ab);
+    return st;
+}
+
 static sm_status blockdiag_fit(sm_op *op, const sm_term *t, const float *W, const sm_fit_opts *o) {
-    (void)o;
     int64_t K, m = op->m, n = op->n;
     sm_store store;
     sm_status st = blockdiag_blocks(t, m, n, &K);
@@ -59,10 +98,18 @@ static sm_status blockdiag_fit(sm_op *op, const sm_term *t, const float *W, cons
         free(b), sm_free(D);
         return sm_fail(SM_ERR_ALLOC, "blockdiag: out of memory");
     }
-    for (int64_t i = 0; i < K; i++)
-        for (int64_t r = 0; r < b->mb; r++)
-            memcpy(D + (i * b->mb + r) * b->nb, W + (i * b->mb + r) * n + i * b->nb,
-                   (size_t)b->nb * sizeof(float));
+    if (o && o->stats && o->stats->gram) {
+        st = blockdiag_fit_act(W, m, n, K, o->stats, D);
+        if (st != SM_OK) {
+            free(b), sm_free(D);
+            return st;
+        }
+    } else {
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t r = 0; r < b->mb; r++)
+                memcpy(D + (i * b->mb + r) * b->nb, W + (i * b->mb + r) * n + i * b->nb,
+                       (size_t)b->nb * sizeof(float));
+    }
     st = sm_factor_init(&b->D, m, b->nb, store, D, b->nb);
     sm_free(D);
     if (st != SM_OK) {
