@@ -38,8 +38,13 @@ def specs():
         out.append(("rtn rotate=hadamard", b, "rtn:bits=%d,rotate=hadamard" % b))
         out.append(("gptq", b, "gptq:bits=%d" % b))
         out.append(("gptq rotate=hadamard", b, "gptq:bits=%d,rotate=hadamard" % b))
-        out.append(("rtn + lowrank:rank=8 (LoRC)", b, "rtn:bits=%d+lowrank:rank=8" % b))
+        out.append(("rtn + lowrank:rank=8,dtype=q8 (LoRC)", b,
+                    "rtn:bits=%d+lowrank:rank=8,dtype=q8" % b))
+    for b in (2, 3, 4):  # the N largest-|w| weights of every matrix kept in F32
+        out.append(("rtn keep-outliers=64", b, "rtn:bits=%d,keep-outliers=64" % b))
+        out.append(("gptq keep-outliers=64", b, "gptq:bits=%d,keep-outliers=64" % b))
     out.append(("onebit", 1, "onebit"))
+    out.append(("onebit keep-outliers=64", 1, "onebit:keep-outliers=64"))
     for lv in (1, 2, 3, 4):
         out.append(("bitstack:k=4,aware", "%d lvl" % lv, "bitstack:k=4,levels=%d,aware" % lv))
     return out
