@@ -2,6 +2,7 @@
 // names the file and the value: the fuzzers' findings (tests/regress/<target>/, replayed through
 // the harnesses by test_regress_fuzz) loaded here through the public API, their messages checked,
 // under a 64 MB --max-memory budget so that a loader that allocated first would fail differently.
+// (tests/regress/opload/bad-rtn-lying-shape-no-parts: a slow unit, 600 MB allocated for nothing.)
 #include "structmat_model.h"
 #include "testutil.h"
 
@@ -97,15 +98,36 @@ static void test_gguf_merges(void) {
     CHECK(t == NULL);
 }
 
+// A stored rtn operator whose shape says 9 x 44444442 (400M weights) in a file without parts:
+// refused for the missing codes before its 200 MB of codes and scales are allocated (the budget
+// would otherwise refuse the allocation: SM_ERR_ALLOC instead of SM_ERR_FORMAT).
+static void test_op_lying_shape(void) {
+    sm_st_writer *w = sm_st_writer_init();
+    CHECK_OK(sm_st_writer_meta(w, "structmat.format_version", "1"));
+    CHECK_OK(sm_st_writer_meta(w, "structmat.spec.m", "rtn:bits=4,group=6"));
+    CHECK_OK(sm_st_writer_meta(w, "structmat.shape.m", "9,44444442"));
+    CHECK_OK(sm_st_writer_write(w, in_dir("op.safetensors"), true));
+    sm_st_writer_free(w);
+    sm_st *st = NULL;
+    sm_op *op = (sm_op *)1;
+    CHECK_OK(sm_st_open(in_dir("op.safetensors"), &st));
+    if (!st) return;
+    CHECK_FAIL(sm_op_load(st, "m", &op), SM_ERR_FORMAT, "9x44444442): missing part \"codes\"");
+    CHECK(op == NULL);
+    sm_st_close(st);
+}
+
 int main(void) {
     CHECK(mkdtemp(g_dir) != NULL);
     sm_set_alloc_limit((size_t)64 << 20);
     test_model_hf();
     test_tokenizer_json();
     test_gguf_merges();
+    test_op_lying_shape();
     sm_set_alloc_limit(0);
-    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json",
-                                        "text",        "small.json",        "merges.gguf"};
+    static const char *const files[] = {"config.json",   "model.safetensors", "tokenizer.json",
+                                        "text",          "small.json",        "merges.gguf",
+                                        "op.safetensors"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) unlink(in_dir(files[i]));
     rmdir(g_dir);
     TEST_END();

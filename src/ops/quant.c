@@ -279,7 +279,7 @@ sm_status sm_part_take(const sm_part *parts, int nparts, const char *name, sm_dt
                        name, sm_dtype_name(p->dtype), got, p->nbytes, sm_dtype_name(dtype), want,
                        nbytes);
     }
-    memcpy(dst, p->data, nbytes);
+    if (dst) memcpy(dst, p->data, nbytes);
     return SM_OK;
 }
 

@@ -188,7 +188,7 @@ sm_status sm_gptq_quantize_keep(const float *W, int64_t m, int64_t n, const doub
                                 int64_t *perm, sm_gptq_info *info);
 
 // Copies part `name` into dst after checking its dtype, shape (ndim 1: [d0]; 2: [d0, d1]) and
-// byte size (SM_ERR_FORMAT naming what was expected).
+// byte size (SM_ERR_FORMAT naming what was expected). dst NULL: only checks.
 sm_status sm_part_take(const sm_part *parts, int nparts, const char *name, sm_dtype dtype,
                        int ndim, int64_t d0, int64_t d1, void *dst, size_t nbytes);
 // SM_ERR_NUMERIC naming the part when an F16 value is Inf or NaN.

@@ -232,6 +232,15 @@ sm_status sm_qop_load(sm_op *op, const sm_term *t, const sm_part *parts, int npa
     sm_qspec qs;
     sm_status st = sm_qspec_from_term(t, m, n, &qs);
     if (st != SM_OK) return st;
+    // The codes are checked before the matrix is allocated: a shape that lies (9 x 44444442 in a
+    // file without parts, a fuzz finding) must not allocate hundreds of MB first.
+    bool fits = true;
+    size_t rb = sm_qbytes(n, qs.bits), cb = sm_mul_size((size_t)m, rb, &fits);
+    if (!fits)
+        return sm_fail(SM_ERR_FORMAT, "a %lldx%lld quantized matrix is too large", (long long)m,
+                       (long long)n);
+    st = sm_part_take(parts, nparts, "codes", SM_DTYPE_U8, 2, m, (int64_t)rb, NULL, cb);
+    if (st != SM_OK) return st;
     sm_qop *o = calloc(1, sizeof *o);
     if (!o) return sm_fail(SM_ERR_ALLOC, "out of memory");
     st = sm_qmat_alloc(&o->q, m, n, qs.bits, qs.group, qs.sym);
