@@ -6,7 +6,9 @@
 // pair whose piece scores highest (leftmost on ties; scores above -1e10) is merged. run.c rescans
 // all pairs after each merge (quadratic); here the candidate pairs sit in a heap ordered by
 // (score desc, left position asc) and stale entries are skipped, which merges in the same order
-// in O(n log n), so long texts (evaluation files) encode quickly.
+// in O(n log n) (merge.c, shared with tokenizer_bpe.c), so long texts (evaluation files) encode
+// quickly.
+#include "merge.h"
 #include "model.h"
 #include "structmat_gguf.h"
 #include "tokenizer_bpe.h"
@@ -332,56 +334,14 @@ const char *sm_tokenizer_decode(const sm_tokenizer *t, int32_t prev, int32_t id,
 
 // --- encoding ------------------------------------------------------------------------------------
 
-typedef struct pair {
-    float score;
-    int64_t left, right; // symbol positions
-    int32_t lid, rid;    // their ids when the pair was pushed (stale when either changed)
-    int32_t id;          // the merged piece
-} pair;
-
-// Max-heap order: higher score first, then the leftmost pair.
-static bool before(const pair *a, const pair *b) {
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-typedef struct heap {
-    pair *a;
-    int64_t n;
-} heap;
-
-static void heap_push(heap *h, pair p) {
-    int64_t i = h->n++;
-    while (i > 0 && before(&p, &h->a[(i - 1) / 2])) {
-        h->a[i] = h->a[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    h->a[i] = p;
-}
-
-static pair heap_pop(heap *h) {
-    pair top = h->a[0], last = h->a[--h->n];
-    int64_t i = 0;
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= h->n) break;
-        if (c + 1 < h->n && before(&h->a[c + 1], &h->a[c])) c++;
-        if (!before(&h->a[c], &last)) break;
-        h->a[i] = h->a[c];
-        i = c;
-    }
-    if (h->n) h->a[i] = last;
-    return top;
-}
-
-// Pushes the pair (i, next[i]) when it concatenates to a piece that run.c would merge.
-static void push_pair(const sm_tokenizer *t, heap *h, const int32_t *ids, const int64_t *next,
-                      int64_t i) {
-    int64_t j = next[i];
-    if (j < 0) return;
-    int32_t id =
-        lookup2(t, piece(t, ids[i]), piece_len(t, ids[i]), piece(t, ids[j]), piece_len(t, ids[j]));
-    if (id < 0 || !(t->score[id] > -1e10f)) return;
-    heap_push(h, (pair){t->score[id], i, j, ids[i], ids[j], id});
+// Whether pieces a, b concatenate to a piece that run.c would merge; the highest score first.
+static bool sp_merge(const void *ctx, int32_t a, int32_t b, double *key, int32_t *res) {
+    const sm_tokenizer *t = ctx;
+    int32_t id = lookup2(t, piece(t, a), piece_len(t, a), piece(t, b), piece_len(t, b));
+    if (id < 0 || !(t->score[id] > -1e10f)) return false;
+    *key = -(double)t->score[id];
+    *res = id;
+    return true;
 }
 
 sm_status sm_tokenizer_encode(const sm_tokenizer *t, const char *text, size_t len, bool add_bos,
@@ -434,33 +394,18 @@ sm_status sm_tokenizer_encode(const sm_tokenizer *t, const char *text, size_t le
     // always starts at 0. Each merge pushes at most two pairs: 3 ns entries suffice.
     int64_t *next = malloc((size_t)(ns + 1) * sizeof *next);
     int64_t *prev = malloc((size_t)(ns + 1) * sizeof *prev);
-    heap h = {malloc((size_t)(3 * ns + 1) * sizeof(pair)), 0};
-    if (!next || !prev || !h.a) {
-        free(next), free(prev), free(h.a), free(ids);
+    sm_merge_pair *heap = malloc((size_t)(3 * ns + 1) * sizeof *heap);
+    if (!next || !prev || !heap) {
+        free(next), free(prev), free(heap), free(ids);
         return sm_fail(SM_ERR_ALLOC, "encode: out of memory");
     }
-    for (int64_t i = 0; i < ns; i++) {
-        next[i] = i + 1 < ns ? i + 1 : -1;
-        prev[i] = i - 1;
-    }
-    for (int64_t i = 0; i + 1 < ns; i++) push_pair(t, &h, sym, next, i);
-    while (h.n) {
-        pair p = heap_pop(&h);
-        if (sym[p.left] != p.lid || next[p.left] != p.right || sym[p.right] != p.rid) continue;
-        sym[p.left] = p.id; // the left symbol absorbs the right one
-        int64_t r = next[p.right];
-        next[p.left] = r;
-        if (r >= 0) prev[r] = p.left;
-        sym[p.right] = -1;
-        if (prev[p.left] >= 0) push_pair(t, &h, sym, next, prev[p.left]);
-        push_pair(t, &h, sym, next, p.left);
-    }
+    sm_merge_symbols(sym, ns, next, prev, heap, sp_merge, t);
     int64_t m = 0; // compact in place: the k-th live symbol sits at an index >= k
     for (int64_t i = ns ? 0 : -1; i >= 0; i = next[i]) sym[m++] = sym[i];
     n += m;
     free(next);
     free(prev);
-    free(h.a);
+    free(heap);
     *ids_out = ids;
     *n_out = n;
     return SM_OK;

@@ -25,6 +25,7 @@
 // valid strings, so valid text is where the two are compared).
 #include "tokenizer_bpe.h"
 
+#include "merge.h"
 #include "structmat_gguf.h"
 
 #include <cJSON.h>
@@ -401,50 +402,11 @@ static sm_status compile_re(sm_bpe *b, const char *pattern, const char *where) {
 
 // --- encoding ------------------------------------------------------------------------------------
 
-typedef struct pair {
-    int32_t rank;
-    int64_t left, right;
-    int32_t lid, rid, res;
-} pair;
-
-static bool before(const pair *a, const pair *b) {
-    return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
-}
-
-typedef struct heap {
-    pair *a;
-    int64_t n;
-} heap;
-
-static void heap_push(heap *h, pair p) {
-    int64_t i = h->n++;
-    while (i > 0 && before(&p, &h->a[(i - 1) / 2])) {
-        h->a[i] = h->a[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    h->a[i] = p;
-}
-
-static pair heap_pop(heap *h) {
-    pair top = h->a[0], last = h->a[--h->n];
-    int64_t i = 0;
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= h->n) break;
-        if (c + 1 < h->n && before(&h->a[c + 1], &h->a[c])) c++;
-        if (!before(&h->a[c], &last)) break;
-        h->a[i] = h->a[c];
-        i = c;
-    }
-    if (h->n) h->a[i] = last;
-    return top;
-}
-
 // Scratch reused across the words of one encode call.
 typedef struct work {
     int32_t *sym;
     int64_t *next, *prev;
-    pair *heap;
+    sm_merge_pair *heap;
     int64_t cap;
     int32_t *out; // the ids so far
     int64_t n, outcap;
@@ -460,7 +422,7 @@ static bool grow(work *w, int64_t ns) {
     if (next) w->next = next;
     int64_t *prev = realloc(w->prev, (size_t)cap * sizeof *prev);
     if (prev) w->prev = prev;
-    pair *hp = realloc(w->heap, (size_t)(3 * cap) * sizeof *hp);
+    sm_merge_pair *hp = realloc(w->heap, (size_t)(3 * cap) * sizeof *hp);
     if (hp) w->heap = hp;
     if (!sym || !next || !prev || !hp) return false;
     w->cap = cap;
@@ -481,35 +443,17 @@ static void emit(work *w, int32_t id) {
     w->out[w->n++] = id;
 }
 
-static void push(const sm_bpe *b, heap *h, const int32_t *sym, const int64_t *next, int64_t i) {
-    int64_t j = next[i];
-    int32_t rank, res;
-    if (j >= 0 && merge_of(b, sym[i], sym[j], &rank, &res))
-        heap_push(h, (pair){rank, i, j, sym[i], sym[j], res});
+static bool bpe_merge(const void *ctx, int32_t a, int32_t b, double *key, int32_t *res) {
+    int32_t rank;
+    if (!merge_of(ctx, a, b, &rank, res)) return false;
+    *key = rank;
+    return true;
 }
 
 // Merges the ns symbols in w->sym by rank and emits the result.
 static void merge_word(const sm_bpe *b, work *w, int64_t ns) {
-    int32_t *sym = w->sym;
-    int64_t *next = w->next, *prev = w->prev;
-    heap h = {w->heap, 0};
-    for (int64_t i = 0; i < ns; i++) {
-        next[i] = i + 1 < ns ? i + 1 : -1;
-        prev[i] = i - 1;
-    }
-    for (int64_t i = 0; i + 1 < ns; i++) push(b, &h, sym, next, i);
-    while (h.n) {
-        pair p = heap_pop(&h);
-        if (sym[p.left] != p.lid || next[p.left] != p.right || sym[p.right] != p.rid) continue;
-        sym[p.left] = p.res;
-        int64_t r = next[p.right];
-        next[p.left] = r;
-        if (r >= 0) prev[r] = p.left;
-        sym[p.right] = -1;
-        if (prev[p.left] >= 0) push(b, &h, sym, next, prev[p.left]);
-        push(b, &h, sym, next, p.left);
-    }
-    for (int64_t i = ns ? 0 : -1; i >= 0; i = next[i]) emit(w, sym[i]);
+    sm_merge_symbols(w->sym, ns, w->next, w->prev, w->heap, bpe_merge, b);
+    for (int64_t i = ns ? 0 : -1; i >= 0; i = w->next[i]) emit(w, w->sym[i]);
 }
 
 // One byte-level word: text bytes [s, s + n).
