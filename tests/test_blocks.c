@@ -10,12 +10,6 @@
 #include "linalg/linalg.h"
 #include "testutil.h"
 
-static sm_op *fit(const float *W, int64_t m, int64_t n, const char *spec) {
-    sm_op *op = NULL;
-    CHECK_OK(sm_op_fit(W, m, n, spec, NULL, &op));
-    return op;
-}
-
 static double fro_diff(const float *a, const float *b, int64_t count) {
     double sum = 0;
     for (int64_t i = 0; i < count; i++) sum += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
@@ -40,7 +34,7 @@ static void test_blockdiag(int64_t m, int64_t n, int64_t K) {
     snprintf(spec, sizeof spec, "blockdiag:blocks=%lld", (long long)K);
     // Random W: diagonal blocks kept exactly, zeros elsewhere, error = off-diagonal norm.
     fill_random(W, m * n, 17 + (unsigned)(m + n));
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         double off = 0;
@@ -79,7 +73,7 @@ static void test_blockdiag(int64_t m, int64_t n, int64_t K) {
     for (int64_t r = 0; r < m; r++)
         for (int64_t c = 0; c < n; c++)
             if (r / mb != c / nb) W[r * n + c] = 0;
-    op = fit(W, m, n, spec);
+    op = fit_op(W, m, n, spec);
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         CHECK(memcmp(D, W, sizeof(float) * (size_t)(m * n)) == 0);
@@ -130,7 +124,7 @@ static void test_blr_recovery(int64_t m, int64_t n, int64_t K, int64_t T) {
     random_blr(W, m, n, K, T, 23 + (unsigned)(m + n));
     char spec[64];
     snprintf(spec, sizeof spec, "blocklowrank:blocks=%lld,rank=%lld", (long long)K, (long long)T);
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         double e = rel_fro(D, W, m * n);
@@ -153,7 +147,7 @@ static void test_blr_optimal(int64_t m, int64_t n, int64_t K, int64_t T) {
     fill_random(W, m * n, 41 + (unsigned)(m * n));
     char spec[64];
     snprintf(spec, sizeof spec, "blocklowrank:blocks=%lld,rank=%lld", (long long)K, (long long)T);
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         double got = fro_diff(D, W, m * n), want = blr_optimal_error(W, m, n, K, T);
@@ -174,7 +168,7 @@ static void test_blr_layout(int64_t m, int64_t n, int64_t K, int64_t T) {
     fill_random(W, m * n, 61);
     char spec[64];
     snprintf(spec, sizeof spec, "blocklowrank:blocks=%lld,rank=%lld", (long long)K, (long long)T);
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (!op) {
         free(W);
         return;
@@ -214,29 +208,6 @@ static void test_blr_layout(int64_t m, int64_t n, int64_t K, int64_t T) {
     free(W);
 }
 
-static void canonical(const char *spec, int64_t m, int64_t n, const char *want) {
-    float *W = malloc(sizeof(float) * (size_t)(m * n));
-    fill_random(W, m * n, 4);
-    sm_op *op = fit(W, m, n, spec);
-    if (op && strcmp(sm_op_spec(op), want) != 0) {
-        fprintf(stderr, "canonical(%s) on %lldx%lld = %s, expected %s\n", spec, (long long)m,
-                (long long)n, sm_op_spec(op), want);
-        g_failures++;
-    }
-    sm_op_free(op);
-    free(W);
-}
-
-static void fails(const char *spec, int64_t m, int64_t n, const char *needle) {
-    float *W = malloc(sizeof(float) * (size_t)(m * n));
-    fill_random(W, m * n, 3);
-    sm_op *op = NULL;
-    CHECK_FAIL(sm_op_fit(W, m, n, spec, NULL, &op), SM_ERR_SPEC, needle);
-    CHECK(op == NULL);
-    sm_op_free(op);
-    free(W);
-}
-
 int main(void) {
     test_blockdiag(48, 48, 4);
     test_blockdiag(39, 57, 3);
@@ -253,23 +224,23 @@ int main(void) {
     test_blr_layout(48, 48, 4, 3);
     test_blr_layout(30, 45, 3, 2);
 
-    canonical("blockdiag:blocks=2,dtype=q4", 8, 8, "blockdiag:blocks=2,dtype=q4");
-    canonical("blocklowrank:blocks=4,ratio=0.25", 64, 64, "blocklowrank:blocks=4,rank=2");
+    check_canonical("blockdiag:blocks=2,dtype=q4", 8, 8, "blockdiag:blocks=2,dtype=q4");
+    check_canonical("blocklowrank:blocks=4,ratio=0.25", 64, 64, "blocklowrank:blocks=4,rank=2");
     // 3 T (60 + 90) <= 0.2 * 60 * 90 = 1080 -> T = 2 (T = 3 needs 1350)
-    canonical("blocklowrank:ratio=0.2,blocks=3", 60, 90, "blocklowrank:blocks=3,rank=2");
-    canonical("blocklowrank:blocks=3,rank=2,dtype=bf16", 60, 90,
+    check_canonical("blocklowrank:ratio=0.2,blocks=3", 60, 90, "blocklowrank:blocks=3,rank=2");
+    check_canonical("blocklowrank:blocks=3,rank=2,dtype=bf16", 60, 90,
               "blocklowrank:blocks=3,rank=2,dtype=bf16");
 
-    fails("blockdiag:blocks=5", 48, 48, "blocks=5 does not divide the 48x48 matrix");
-    fails("blockdiag:blocks=4", 48, 30, "blocks=4 does not divide");
-    fails("blockdiag", 48, 48, "needs blocks=K");
-    fails("blockdiag:blocks=2,rank=3", 48, 48, "unknown key \"rank\"");
-    fails("blocklowrank:blocks=5,rank=2", 48, 48, "blocks=5 does not divide the 48x48 matrix");
-    fails("blocklowrank:blocks=4,rank=2", 50, 48, "does not divide");
-    fails("blocklowrank:blocks=4,rank=13", 48, 48, "rank=13 per block is too large");
-    fails("blocklowrank:blocks=4,rank=7", 24, 48, "at most 6");
-    fails("blocklowrank:blocks=4", 48, 48, "needs rank=T");
-    fails("blocklowrank:blocks=4,ratio=0.01", 48, 48, "no room for rank 1 per block");
-    fails("blocklowrank:rank=2", 48, 48, "needs blocks=K");
+    check_fit_fails("blockdiag:blocks=5", 48, 48, "blocks=5 does not divide the 48x48 matrix");
+    check_fit_fails("blockdiag:blocks=4", 48, 30, "blocks=4 does not divide");
+    check_fit_fails("blockdiag", 48, 48, "needs blocks=K");
+    check_fit_fails("blockdiag:blocks=2,rank=3", 48, 48, "unknown key \"rank\"");
+    check_fit_fails("blocklowrank:blocks=5,rank=2", 48, 48, "blocks=5 does not divide the 48x48 matrix");
+    check_fit_fails("blocklowrank:blocks=4,rank=2", 50, 48, "does not divide");
+    check_fit_fails("blocklowrank:blocks=4,rank=13", 48, 48, "rank=13 per block is too large");
+    check_fit_fails("blocklowrank:blocks=4,rank=7", 24, 48, "at most 6");
+    check_fit_fails("blocklowrank:blocks=4", 48, 48, "needs rank=T");
+    check_fit_fails("blocklowrank:blocks=4,ratio=0.01", 48, 48, "no room for rank 1 per block");
+    check_fit_fails("blocklowrank:rank=2", 48, 48, "needs blocks=K");
     TEST_END();
 }

@@ -9,12 +9,6 @@
 #include "linalg/linalg.h"
 #include "testutil.h"
 
-static sm_op *fit(const float *W, int64_t m, int64_t n, const char *spec) {
-    sm_op *op = NULL;
-    CHECK_OK(sm_op_fit(W, m, n, spec, NULL, &op));
-    return op;
-}
-
 static double fro_diff(const float *a, const float *b, int64_t count) {
     double sum = 0;
     for (int64_t i = 0; i < count; i++) sum += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
@@ -47,7 +41,7 @@ static void test_recovery(int64_t m, int64_t n, int64_t P, int64_t Q, int64_t S)
     }
     char spec[64];
     kron_spec(spec, sizeof spec, P, Q, S);
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         double e = rel_fro(D, W, m * n);
@@ -79,7 +73,7 @@ static void test_optimal(int64_t m, int64_t n, int64_t P, int64_t Q, int64_t S) 
     for (int64_t j = S; j < k; j++) tail += sig[j] * sig[j];
     char spec[64];
     kron_spec(spec, sizeof spec, P, Q, S);
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         double got = fro_diff(D, W, m * n), want = sqrt(tail);
@@ -100,7 +94,7 @@ static void test_layout(int64_t m, int64_t n, int64_t P, int64_t Q, int64_t S) {
     fill_random(W, m * n, 29);
     char spec[64];
     kron_spec(spec, sizeof spec, P, Q, S);
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (!op) {
         free(W);
         return;
@@ -147,29 +141,6 @@ static void test_layout(int64_t m, int64_t n, int64_t P, int64_t Q, int64_t S) {
     free(W);
 }
 
-static void canonical(const char *spec, int64_t m, int64_t n, const char *want) {
-    float *W = malloc(sizeof(float) * (size_t)(m * n));
-    fill_random(W, m * n, 4);
-    sm_op *op = fit(W, m, n, spec);
-    if (op && strcmp(sm_op_spec(op), want) != 0) {
-        fprintf(stderr, "canonical(%s) on %lldx%lld = %s, expected %s\n", spec, (long long)m,
-                (long long)n, sm_op_spec(op), want);
-        g_failures++;
-    }
-    sm_op_free(op);
-    free(W);
-}
-
-static void fails(const char *spec, int64_t m, int64_t n, const char *needle) {
-    float *W = malloc(sizeof(float) * (size_t)(m * n));
-    fill_random(W, m * n, 3);
-    sm_op *op = NULL;
-    CHECK_FAIL(sm_op_fit(W, m, n, spec, NULL, &op), SM_ERR_SPEC, needle);
-    CHECK(op == NULL);
-    sm_op_free(op);
-    free(W);
-}
-
 int main(void) {
     test_recovery(48, 48, 4, 4, 1);
     test_recovery(39, 55, 3, 5, 2);  // A first
@@ -188,16 +159,16 @@ int main(void) {
     test_layout(96, 51, 16, 3, 3);
     test_layout(35, 94, 7, 2, 3);
 
-    canonical("kron:a=4x4", 48, 48, "kron:a=4x4");
-    canonical("kron:a=4x4,terms=1", 48, 48, "kron:a=4x4");
-    canonical("kron:dtype=q8,terms=2,a=3x2", 6, 8, "kron:a=3x2,terms=2,dtype=q8");
+    check_canonical("kron:a=4x4", 48, 48, "kron:a=4x4");
+    check_canonical("kron:a=4x4,terms=1", 48, 48, "kron:a=4x4");
+    check_canonical("kron:dtype=q8,terms=2,a=3x2", 6, 8, "kron:a=3x2,terms=2,dtype=q8");
 
-    fails("kron:a=5x4", 48, 48, "a=5x4 does not divide the 48x48 matrix");
-    fails("kron:a=4x5", 48, 48, "Q must divide in=48");
-    fails("kron:a=2x2,terms=5", 4, 4, "terms=5 is too many");
-    fails("kron:a=2x2,terms=5", 48, 48, "at most min(P Q, (m/P)(n/Q)) = 4");
-    fails("kron:terms=2", 48, 48, "needs a=PxQ");
-    fails("kron:a=4", 48, 48, "not of the form PxQ");
-    fails("kron:a=4x4,terms=0", 48, 48, "out of range");
+    check_fit_fails("kron:a=5x4", 48, 48, "a=5x4 does not divide the 48x48 matrix");
+    check_fit_fails("kron:a=4x5", 48, 48, "Q must divide in=48");
+    check_fit_fails("kron:a=2x2,terms=5", 4, 4, "terms=5 is too many");
+    check_fit_fails("kron:a=2x2,terms=5", 48, 48, "at most min(P Q, (m/P)(n/Q)) = 4");
+    check_fit_fails("kron:terms=2", 48, 48, "needs a=PxQ");
+    check_fit_fails("kron:a=4", 48, 48, "not of the form PxQ");
+    check_fit_fails("kron:a=4x4,terms=0", 48, 48, "out of range");
     TEST_END();
 }

@@ -52,12 +52,6 @@ static double fro_diff(const float *a, const float *b, int64_t count) {
     return sqrt(sum);
 }
 
-static sm_op *fit(const float *W, int64_t m, int64_t n, const char *spec) {
-    sm_op *op = NULL;
-    CHECK_OK(sm_op_fit(W, m, n, spec, NULL, &op));
-    return op;
-}
-
 static void test_recovery(int64_t m, int64_t n, int64_t K, int64_t T, bool default_rank) {
     float *W = malloc(sizeof(float) * (size_t)(m * n)),
           *D = malloc(sizeof(float) * (size_t)(m * n));
@@ -68,7 +62,7 @@ static void test_recovery(int64_t m, int64_t n, int64_t K, int64_t T, bool defau
     else
         snprintf(spec, sizeof spec, "monarch:blocks=%lld,rank=%lld", (long long)K, (long long)T);
     snprintf(want, sizeof want, "monarch:blocks=%lld,rank=%lld", (long long)K, (long long)T);
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         double e = rel_fro(D, W, m * n);
@@ -92,7 +86,7 @@ static void test_optimal(int64_t m, int64_t n, int64_t K, int64_t T) {
     fill_random(W, m * n, 31 + (unsigned)(m * n));
     char spec[64];
     snprintf(spec, sizeof spec, "monarch:blocks=%lld,rank=%lld", (long long)K, (long long)T);
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         double got = fro_diff(D, W, m * n), want = monarch_optimal_error(W, m, n, K, T);
@@ -179,7 +173,7 @@ static void test_reference_layout(int64_t m, int64_t n, int64_t K, int64_t T, bo
     char spec[80];
     snprintf(spec, sizeof spec, "monarch:blocks=%lld,rank=%lld%s", (long long)K, (long long)T,
              q8 ? ",dtype=q8" : "");
-    sm_op *op = fit(W, m, n, spec);
+    sm_op *op = fit_op(W, m, n, spec);
     if (!op) {
         free(W);
         return;
@@ -223,7 +217,7 @@ static void test_quantized_error(void) {
     float *W = malloc(sizeof(float) * (size_t)(m * n)),
           *D = malloc(sizeof(float) * (size_t)(m * n));
     fill_random(W, m * n, 99);
-    sm_op *op = fit(W, m, n, "monarch:blocks=4,rank=3,dtype=q4");
+    sm_op *op = fit_op(W, m, n, "monarch:blocks=4,rank=3,dtype=q4");
     if (op) {
         CHECK_OK(sm_op_to_dense(op, D));
         double got = fro_diff(D, W, m * n), opt = monarch_optimal_error(W, m, n, K, T);
@@ -233,29 +227,6 @@ static void test_quantized_error(void) {
         sm_op_free(op);
     }
     free(W), free(D);
-}
-
-static void canonical(const char *spec, int64_t m, int64_t n, const char *want) {
-    float *W = malloc(sizeof(float) * (size_t)(m * n));
-    fill_random(W, m * n, 4);
-    sm_op *op = fit(W, m, n, spec);
-    if (op && strcmp(sm_op_spec(op), want) != 0) {
-        fprintf(stderr, "canonical(%s) on %lldx%lld = %s, expected %s\n", spec, (long long)m,
-                (long long)n, sm_op_spec(op), want);
-        g_failures++;
-    }
-    sm_op_free(op);
-    free(W);
-}
-
-static void fails(const char *spec, int64_t m, int64_t n, const char *needle) {
-    float *W = malloc(sizeof(float) * (size_t)(m * n));
-    fill_random(W, m * n, 3);
-    sm_op *op = NULL;
-    CHECK_FAIL(sm_op_fit(W, m, n, spec, NULL, &op), SM_ERR_SPEC, needle);
-    CHECK(op == NULL);
-    sm_op_free(op);
-    free(W);
 }
 
 int main(void) {
@@ -279,24 +250,24 @@ int main(void) {
 
     test_quantized_error();
 
-    canonical("monarch:blocks=4", 48, 48, "monarch:blocks=4,rank=3");
-    canonical("monarch:blocks=4", 64, 256, "monarch:blocks=4,rank=4");
-    canonical("monarch:blocks=4,ratio=0.5", 64, 64, "monarch:blocks=4,rank=4");
+    check_canonical("monarch:blocks=4", 48, 48, "monarch:blocks=4,rank=3");
+    check_canonical("monarch:blocks=4", 64, 256, "monarch:blocks=4,rank=4");
+    check_canonical("monarch:blocks=4,ratio=0.5", 64, 64, "monarch:blocks=4,rank=4");
     // ratio: 4 T (64 + 96) <= 0.3 * 64 * 96 = 1843.2 -> T = 2 (T = 3 needs 1920)
-    canonical("monarch:blocks=4,ratio=0.3", 64, 96, "monarch:blocks=4,rank=2");
-    canonical("monarch:blocks=2,rank=3,dtype=bf16", 8, 8, "monarch:blocks=2,rank=3,dtype=bf16");
-    canonical("monarch:dtype=f16,blocks=2", 8, 8, "monarch:blocks=2,rank=2,dtype=f16");
+    check_canonical("monarch:blocks=4,ratio=0.3", 64, 96, "monarch:blocks=4,rank=2");
+    check_canonical("monarch:blocks=2,rank=3,dtype=bf16", 8, 8, "monarch:blocks=2,rank=3,dtype=bf16");
+    check_canonical("monarch:dtype=f16,blocks=2", 8, 8, "monarch:blocks=2,rank=2,dtype=f16");
 
-    fails("monarch:blocks=5", 48, 48, "blocks=5 does not divide the 48x48 matrix");
-    fails("monarch:blocks=4,rank=2", 48, 50, "blocks=4 does not divide");
-    fails("monarch:blocks=4", 40, 40, "min(in, out)/K^2 = 40/16 is not a whole number");
-    fails("monarch:blocks=4", 64, 40, "40/16 is not a whole number");
-    fails("monarch:blocks=4,rank=13", 48, 48, "rank=13 per block is too large");
-    fails("monarch:blocks=4,rank=7", 24, 48, "at most 6");
-    fails("monarch:blocks=4,ratio=0.001", 48, 48, "no room for rank 1 per block");
-    fails("monarch:blocks=4,rank=2,ratio=0.5", 48, 48, "not both");
-    fails("monarch:rank=2", 48, 48, "needs blocks=K");
-    fails("monarch:blocks=0", 48, 48, "out of range");
-    fails("monarch:blocks=4,terms=2", 48, 48, "unknown key \"terms\"");
+    check_fit_fails("monarch:blocks=5", 48, 48, "blocks=5 does not divide the 48x48 matrix");
+    check_fit_fails("monarch:blocks=4,rank=2", 48, 50, "blocks=4 does not divide");
+    check_fit_fails("monarch:blocks=4", 40, 40, "min(in, out)/K^2 = 40/16 is not a whole number");
+    check_fit_fails("monarch:blocks=4", 64, 40, "40/16 is not a whole number");
+    check_fit_fails("monarch:blocks=4,rank=13", 48, 48, "rank=13 per block is too large");
+    check_fit_fails("monarch:blocks=4,rank=7", 24, 48, "at most 6");
+    check_fit_fails("monarch:blocks=4,ratio=0.001", 48, 48, "no room for rank 1 per block");
+    check_fit_fails("monarch:blocks=4,rank=2,ratio=0.5", 48, 48, "not both");
+    check_fit_fails("monarch:rank=2", 48, 48, "needs blocks=K");
+    check_fit_fails("monarch:blocks=0", 48, 48, "out of range");
+    check_fit_fails("monarch:blocks=4,terms=2", 48, 48, "unknown key \"terms\"");
     TEST_END();
 }

@@ -34,19 +34,6 @@ static void fit_fails(const char *spec, int64_t m, int64_t n, const char *needle
     free(W);
 }
 
-static void canonical(const char *spec, int64_t m, int64_t n, const char *want) {
-    float *W = calloc((size_t)(m * n), sizeof(float));
-    fill_random(W, m * n, 4);
-    sm_op *op = NULL;
-    CHECK_OK(sm_op_fit(W, m, n, spec, NULL, &op));
-    if (op && strcmp(sm_op_spec(op), want) != 0) {
-        fprintf(stderr, "canonical(%s) = %s, expected %s\n", spec, sm_op_spec(op), want);
-        g_failures++;
-    }
-    sm_op_free(op);
-    free(W);
-}
-
 int main(void) {
     const char *good[] = {
         "dense", "dense:dtype=bf16", "lowrank:rank=64", "lowrank:ratio=0.25,dtype=q8",
@@ -126,13 +113,13 @@ int main(void) {
     fit_fails("monarch:blocks=9", 8, 8, "does not divide");
     fit_fails("blockdiag:blocks=0", 8, 8, "out of range");
 
-    canonical("lowrank:ratio=0.5", 256, 256, "lowrank:rank=64");
-    canonical("lowrank:ratio=0.5,dtype=bf16", 256, 768, "lowrank:rank=96,dtype=bf16");
-    canonical("dense:dtype=f32", 8, 8, "dense");
-    canonical("lowrank:rank=01", 8, 8, "lowrank:rank=1");
-    canonical("kron:a=04x2", 8, 8, "kron:a=4x2");
-    canonical("lowrank:ratio=1", 8, 8, "lowrank:rank=4");
-    canonical("blockdiag:blocks=8", 8, 8, "blockdiag:blocks=8");
-    canonical("lowrank:rank=2+dense:dtype=q8", 8, 8, "lowrank:rank=2+dense:dtype=q8");
+    check_canonical("lowrank:ratio=0.5", 256, 256, "lowrank:rank=64");
+    check_canonical("lowrank:ratio=0.5,dtype=bf16", 256, 768, "lowrank:rank=96,dtype=bf16");
+    check_canonical("dense:dtype=f32", 8, 8, "dense");
+    check_canonical("lowrank:rank=01", 8, 8, "lowrank:rank=1");
+    check_canonical("kron:a=04x2", 8, 8, "kron:a=4x2");
+    check_canonical("lowrank:ratio=1", 8, 8, "lowrank:rank=4");
+    check_canonical("blockdiag:blocks=8", 8, 8, "blockdiag:blocks=8");
+    check_canonical("lowrank:rank=2+dense:dtype=q8", 8, 8, "lowrank:rank=2+dense:dtype=q8");
     TEST_END();
 }

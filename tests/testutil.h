@@ -69,6 +69,38 @@ static inline void fill_random(float *x, int64_t n, unsigned seed) {
 }
 
 // Relative Frobenius distance ||a - b|| / ||b|| in double.
+// Fits spec to W (m, n), counting a failure as a check failure; NULL then.
+static inline sm_op *fit_op(const float *W, int64_t m, int64_t n, const char *spec) {
+    sm_op *op = NULL;
+    CHECK_OK(sm_op_fit(W, m, n, spec, NULL, &op));
+    return op;
+}
+
+// spec fitted to a random m x n matrix reports the canonical spec `want`.
+static inline void check_canonical(const char *spec, int64_t m, int64_t n, const char *want) {
+    float *W = malloc(sizeof(float) * (size_t)(m * n));
+    fill_random(W, m * n, 4);
+    sm_op *op = fit_op(W, m, n, spec);
+    if (op && strcmp(sm_op_spec(op), want) != 0) {
+        fprintf(stderr, "canonical(%s) on %lldx%lld = %s, expected %s\n", spec, (long long)m,
+                (long long)n, sm_op_spec(op), want);
+        g_failures++;
+    }
+    sm_op_free(op);
+    free(W);
+}
+
+// spec on a random m x n matrix fails with SM_ERR_SPEC and a message containing needle.
+static inline void check_fit_fails(const char *spec, int64_t m, int64_t n, const char *needle) {
+    float *W = malloc(sizeof(float) * (size_t)(m * n));
+    fill_random(W, m * n, 3);
+    sm_op *op = NULL;
+    CHECK_FAIL(sm_op_fit(W, m, n, spec, NULL, &op), SM_ERR_SPEC, needle);
+    CHECK(op == NULL);
+    sm_op_free(op);
+    free(W);
+}
+
 static inline double rel_fro(const float *a, const float *b, int64_t n) {
     double num = 0, den = 0;
     for (int64_t i = 0; i < n; i++) {
