@@ -7,7 +7,8 @@
 # after the temporary sibling OUT.tmp-XXXXXX appears (while the output is written, fsynced,
 # renamed) -- and OUT must then be absent or identical to a complete run's output; when OUT
 # existed and --force replaces it, OUT is the old output or the new one, never a mix or a cut.
-# A killed run leaves its OUT.tmp-* behind: nothing can remove it after SIGKILL.
+# A killed run leaves its OUT.tmp-* behind: nothing can remove it after SIGKILL. A point whose
+# kill came after the run had ended is retried with half the delay, up to 4 times.
 # Usage: bash tests/crash_safe.sh path/to/structmat [-v]   (KEEP=1 keeps the scratch directory)
 set -u
 bin=${1:?usage: crash_safe.sh path/to/structmat [-v]}
@@ -63,53 +64,64 @@ kill_points() {
     local -A seen=()
     for k in $(seq 1 20); do
         local out=$dir/$name-out$k$ext existing=$((k % 2)) in_write=$((((k - 1) / 2) % 2))
-        local args=("$out")
-        if [ $existing = 1 ]; then
-            cp -r "$old" "$out"
-            args+=(--force)
-        fi
-        # A simple command, so that $! is structmat itself (killing a subshell or function
-        # around it would leave the writer running).
-        "${run[@]}" "${args[@]}" >/dev/null 2>&1 &
-        local pid=$!
-        if [ $in_write = 1 ]; then
-            # Busy-wait with builtins (an external sleep per poll could miss a short write).
-            while kill -0 $pid 2>/dev/null && ! compgen -G "$out.tmp-*" >/dev/null; do :; done
-            if compgen -G "$out.tmp-*" >/dev/null; then
-                caught=$((caught + 1))
-                local d=$((RANDOM % write_ms))
-                [ $d -gt 0 ] && sleep_ms $d
+        # A point whose kill came after the process had ended is tried again with half the
+        # delay (up to 4 tries; the outcome of every try is checked): the run times move with
+        # the machine's load, and a kill that hits nothing tests nothing.
+        local try status=0
+        for try in 1 2 3 4; do
+            rm -rf "$out" "$out".tmp-*
+            local args=("$out")
+            if [ $existing = 1 ]; then
+                cp -r "$old" "$out"
+                args+=(--force)
             fi
-        else
-            sleep_ms $((RANDOM % (run_ms * 9 / 10 + 1)))
-        fi
-        kill -KILL $pid 2>/dev/null
-        wait $pid 2>/dev/null
-        [ $? = 137 ] && killed=$((killed + 1)) # it was still running
-        local state
-        if [ ! -e "$out" ]; then
-            [ $existing = 1 ] && fail "$name point $k: the existing OUT is gone"
-            state=absent
-        elif same "$out" "$new"; then
-            state=new
-        elif [ $existing = 1 ] && same "$out" "$old"; then
-            state=old
-        else
-            fail "$name point $k: OUT is neither $([ $existing = 1 ] && echo "the old output" ||
-                echo absent) nor the complete new output (kept in $out)"
-        fi
-        local left
-        left=$(compgen -G "$out.tmp-*" | wc -l)
-        [ "$left" -gt 0 ] && cut=$((cut + 1))
-        seen[$state]=$((${seen[$state]:-0} + 1))
-        [ -n "$verbose" ] && echo "$name point $k: existing=$existing in_write=$in_write ->" \
-            "$state (temporary outputs left: $left)"
+            # A simple command, so that $! is structmat itself (killing a subshell or function
+            # around it would leave the writer running).
+            "${run[@]}" "${args[@]}" >/dev/null 2>&1 &
+            local pid=$!
+            if [ $in_write = 1 ]; then
+                # Busy-wait with builtins (an external sleep per poll could miss a short write).
+                while kill -0 $pid 2>/dev/null && ! compgen -G "$out.tmp-*" >/dev/null; do :; done
+                if compgen -G "$out.tmp-*" >/dev/null; then
+                    [ $try = 1 ] && caught=$((caught + 1))
+                    local d=$((RANDOM % write_ms >> (try - 1)))
+                    [ $d -gt 0 ] && sleep_ms $d
+                fi
+            else
+                sleep_ms $((RANDOM % (run_ms * 9 / 10 + 1) >> (try - 1)))
+            fi
+            kill -KILL $pid 2>/dev/null
+            wait $pid 2>/dev/null
+            status=$?
+            local state
+            if [ ! -e "$out" ]; then
+                [ $existing = 1 ] && fail "$name point $k: the existing OUT is gone"
+                state=absent
+            elif same "$out" "$new"; then
+                state=new
+            elif [ $existing = 1 ] && same "$out" "$old"; then
+                state=old
+            else
+                fail "$name point $k: OUT is neither $([ $existing = 1 ] && echo "the old output" ||
+                    echo absent) nor the complete new output (kept in $out)"
+            fi
+            local left
+            left=$(compgen -G "$out.tmp-*" | wc -l)
+            [ -n "$verbose" ] && echo "$name point $k try $try: existing=$existing" \
+                "in_write=$in_write -> $state (temporary outputs left: $left)"
+            if [ $status = 137 ]; then # it was still running
+                killed=$((killed + 1))
+                [ "$left" -gt 0 ] && cut=$((cut + 1))
+                seen[$state]=$((${seen[$state]:-0} + 1))
+                break
+            fi
+        done
     done
     [ -n "$verbose" ] && echo "$name: run ${run_ms} ms; $killed of 20 killed while running," \
         "$caught after the temporary output appeared, $cut left one behind; outcomes:" \
         "${!seen[*]} = ${seen[*]}"
     # Enough of the points must have hit a running process, some of them while it wrote.
-    [ $killed -ge 10 ] || fail "$name: only $killed of 20 kills hit a running process"
+    [ $killed -ge 16 ] || fail "$name: only $killed of 20 points hit a running process in 4 tries"
     [ $caught -ge 2 ] || fail "$name: only $caught kills came while the output was written"
     return 0
 }
