@@ -23,29 +23,6 @@ static void make_inputs(double *X, int64_t T, int64_t n, unsigned seed) {
     free(z);
 }
 
-static void gram(const double *X, int64_t T, int64_t n, double *H) {
-    for (int64_t a = 0; a < n; a++)
-        for (int64_t b = 0; b < n; b++) {
-            double s = 0;
-            for (int64_t t = 0; t < T; t++) s += X[t * n + a] * X[t * n + b];
-            H[a * n + b] = s;
-        }
-}
-
-// ||X (W - W_hat)^T||_F^2 from X directly.
-static double act_err2(const double *X, int64_t T, const float *W, const float *Wh, int64_t m,
-                       int64_t n) {
-    double e = 0;
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < m; i++) {
-            double s = 0;
-            for (int64_t j = 0; j < n; j++)
-                s += X[t * n + j] * ((double)W[i * n + j] - Wh[i * n + j]);
-            e += s * s;
-        }
-    return e;
-}
-
 static double quad(const float *W, const double *Wh, int64_t m, int64_t n, const double *H) {
     double e = 0;
     for (int64_t i = 0; i < m; i++)
@@ -101,7 +78,7 @@ static void test_lowrank_gram(void) {
            *Wopt = malloc(sizeof(double) * (size_t)(m * n));
     float W[24 * 32], Wa[24 * 32], Wp[24 * 32];
     make_inputs(X, T, n, 3);
-    gram(X, T, n, H);
+    gram_ref(X, T, n, H);
     fill_random(W, m * n, 4);
     double tr = 0;
     for (int64_t j = 0; j < n; j++) tr += H[j * n + j];
@@ -144,7 +121,7 @@ static void test_lowrank_gram(void) {
     if (op) {
         CHECK_OK(sm_op_to_dense(op, Wp));
         sm_op_free(op);
-        double ea = act_err2(X, T, W, Wa, m, n), ep = act_err2(X, T, W, Wp, m, n);
+        double ea = act_err2_ref(X, T, W, Wa, m, n), ep = act_err2_ref(X, T, W, Wp, m, n);
         if (!(ea < 0.7 * ep)) {
             fprintf(stderr, "activation-aware %.6g is not well below plain SVD %.6g\n", ea, ep);
             g_failures++;
