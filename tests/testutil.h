@@ -11,34 +11,34 @@
 
 static int g_failures;
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
-            g_failures++;                                                                          \
-        }                                                                                          \
+#define CHECK(cond)                                                                              \
+    do {                                                                                         \
+        if (!(cond)) {                                                                           \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);             \
+            g_failures++;                                                                        \
+        }                                                                                        \
     } while (0)
 
-#define CHECK_OK(expr)                                                                             \
-    do {                                                                                           \
-        sm_status s_ = (expr);                                                                     \
-        if (s_ != SM_OK) {                                                                         \
-            fprintf(stderr, "%s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #expr, sm_status_str(s_), \
-                    sm_last_error());                                                              \
-            g_failures++;                                                                          \
-        }                                                                                          \
+#define CHECK_OK(expr)                                                                           \
+    do {                                                                                         \
+        sm_status s_ = (expr);                                                                   \
+        if (s_ != SM_OK) {                                                                       \
+            fprintf(stderr, "%s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #expr,                  \
+                    sm_status_str(s_), sm_last_error());                                         \
+            g_failures++;                                                                        \
+        }                                                                                        \
     } while (0)
 
 // Expects a failure with status st whose message contains `needle`.
-#define CHECK_FAIL(expr, st, needle)                                                               \
-    do {                                                                                           \
-        sm_status s_ = (expr);                                                                     \
-        if (s_ != (st) || !strstr(sm_last_error(), (needle))) {                                    \
-            fprintf(stderr, "%s:%d: %s -> %s \"%s\", expected %s with \"%s\"\n", __FILE__,         \
-                    __LINE__, #expr, sm_status_str(s_), sm_last_error(), sm_status_str(st),        \
-                    (needle));                                                                     \
-            g_failures++;                                                                          \
-        }                                                                                          \
+#define CHECK_FAIL(expr, st, needle)                                                             \
+    do {                                                                                         \
+        sm_status s_ = (expr);                                                                   \
+        if (s_ != (st) || !strstr(sm_last_error(), (needle))) {                                  \
+            fprintf(stderr, "%s:%d: %s -> %s \"%s\", expected %s with \"%s\"\n", __FILE__,       \
+                    __LINE__, #expr, sm_status_str(s_), sm_last_error(), sm_status_str(st),      \
+                    (needle));                                                                   \
+            g_failures++;                                                                        \
+        }                                                                                        \
     } while (0)
 
 // Max |a - b| / max(|b|_max, tiny) over n elements; prints the first element beyond tol.
@@ -50,8 +50,8 @@ static inline int check_close(const char *what, const float *a, const float *b, 
     for (int64_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - (double)b[i]) / scale;
         if (!(d <= tol)) {
-            fprintf(stderr, "%s: mismatch at %lld: %.9g vs %.9g (scaled diff %.3g > %.3g)\n", what,
-                    (long long)i, (double)a[i], (double)b[i], d, tol);
+            fprintf(stderr, "%s: mismatch at %lld: %.9g vs %.9g (scaled diff %.3g > %.3g)\n",
+                    what, (long long)i, (double)a[i], (double)b[i], d, tol);
             g_failures++;
             return 1;
         }
@@ -166,10 +166,10 @@ static inline float *read_matrix(const char *path, const char *name, int64_t *m,
     return w;
 }
 
-#define TEST_END()                                                                                 \
-    do {                                                                                           \
-        if (g_failures) fprintf(stderr, "%d check(s) failed\n", g_failures);                       \
-        return g_failures ? 1 : 0;                                                                 \
+#define TEST_END()                                                                               \
+    do {                                                                                         \
+        if (g_failures) fprintf(stderr, "%d check(s) failed\n", g_failures);                     \
+        return g_failures ? 1 : 0;                                                               \
     } while (0)
 
 #endif
