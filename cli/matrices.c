@@ -37,15 +37,6 @@ static bool is_part_of_op(const char *tensor, const char **sorted, int n) {
     return hit;
 }
 
-// The token embedding is a lookup table, not a linear map: fit --all leaves it out.
-static bool is_embedding(const char *name) {
-    static const char *const pats[] = {"embed_tokens", "tok_embeddings", "wte.", "token_embd",
-                                       "word_embeddings"};
-    for (size_t i = 0; i < sizeof pats / sizeof *pats; i++)
-        if (strstr(name, pats[i])) return true;
-    return false;
-}
-
 static int list_st(cli_matrices *ms) {
     const sm_st *st = ms->st;
     int n = 0;
@@ -63,7 +54,7 @@ static int list_st(cli_matrices *ms) {
         free(key);
         if (!shape || sscanf(shape, "%lld,%lld", &r, &c) != 2) r = c = 0;
         const char *name = k + strlen(pre);
-        ms->items[n++] = (cli_matrix){name, v, r, c, true, is_embedding(name), -1};
+        ms->items[n++] = (cli_matrix){name, v, r, c, true, sm_is_embedding_name(name), -1};
     }
     int nops = n;
     const char **ops = malloc(((size_t)nops + 1) * sizeof *ops);
@@ -74,7 +65,7 @@ static int list_st(cli_matrices *ms) {
         const sm_tensor_info *t = sm_st_get(st, i);
         if (t->ndim == 2 && !is_part_of_op(t->name, ops, nops))
             ms->items[n++] = (cli_matrix){t->name, t->dtype_name,         t->shape[0], t->shape[1],
-                                          false,   is_embedding(t->name), -1};
+                                          false,   sm_is_embedding_name(t->name), -1};
     }
     free(ops);
     return n;
@@ -128,7 +119,7 @@ static int list_gguf(cli_matrices *ms) {
         const sm_gguf_tensor *t = sm_gguf_tensor_get(ms->gguf, i);
         if (t->ndim == 2)
             ms->items[n++] = (cli_matrix){t->name, t->type_name,          t->shape[0], t->shape[1],
-                                          false,   is_embedding(t->name), -1};
+                                          false,   sm_is_embedding_name(t->name), -1};
     }
     return n;
 }

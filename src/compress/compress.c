@@ -3,6 +3,7 @@
 // chosen candidates and stream them into the output checkpoint).
 #include "compress_impl.h"
 
+#include "../model/model.h"
 #include "../ops/op_impl.h"
 
 #include <cJSON.h>
@@ -56,14 +57,6 @@ struct sm_compress {
     bool measured;
     int64_t budget;
 };
-
-static bool is_embedding(const char *name) {
-    static const char *const pats[] = {"embed_tokens", "tok_embeddings", "wte.", "token_embd",
-                                       "word_embeddings"};
-    for (size_t i = 0; i < sizeof pats / sizeof *pats; i++)
-        if (strstr(name, pats[i])) return true;
-    return false;
-}
 
 static sm_status parse_methods(sm_compress *c, const char *text) {
     c->methods = 0;
@@ -191,7 +184,7 @@ sm_status sm_compress_open(const char *model_dir, const sm_compress_opts *opts, 
     if (s == SM_OK && !c->m) s = sm_fail(SM_ERR_ALLOC, "out of memory");
     for (int i = 0; i < nt && s == SM_OK; i++) {
         const sm_tensor_info *t = sm_st_get(c->st, i);
-        if (t->ndim != 2 || is_embedding(t->name)) continue;
+        if (t->ndim != 2 || sm_is_embedding_name(t->name)) continue;
         if (t->dtype != SM_DTYPE_F32 && t->dtype != SM_DTYPE_F16 && t->dtype != SM_DTYPE_BF16 &&
             t->dtype != SM_DTYPE_F64) {
             s = sm_fail(SM_ERR_UNSUPPORTED,

@@ -235,6 +235,14 @@ static bool ends_with(const char *s, const char *suffix) {
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
+bool sm_is_embedding_name(const char *name) {
+    static const char *const pats[] = {"embed_tokens", "tok_embeddings", "wte.", "token_embd",
+                                       "word_embeddings"};
+    for (size_t i = 0; i < sizeof pats / sizeof *pats; i++)
+        if (strstr(name, pats[i])) return true;
+    return false;
+}
+
 bool sm_model_is_llama2c(const char *path) {
     struct stat sb;
     if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return false;

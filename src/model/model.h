@@ -65,6 +65,9 @@ sm_status sm_model_load_llama2c(const char *path, sm_model **out);
 sm_status sm_model_load_gguf(const char *path, sm_model **out); // load_gguf.c
 // Whether path is a file starting with GGUF's magic.
 bool sm_model_is_gguf(const char *path);
+// Whether a tensor name is a token embedding (Hugging Face, llama2.c-style, GPT-2, GGUF, BERT
+// names): a lookup table, not a linear map, so fit --all and compress leave it out.
+bool sm_is_embedding_name(const char *name);
 // Whether path looks like a llama2.c checkpoint (a regular file not named *.safetensors/*.json).
 bool sm_model_is_llama2c(const char *path);
 
