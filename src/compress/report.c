@@ -117,18 +117,23 @@ static void spectrum(FILE *f, const sm_compress_matrix *mx) {
             (CW + ML) / 2, CH - 4, mx->nsigma);
 }
 
+// Matrix i and its chosen candidate; false when nothing was chosen for it.
+static bool chosen(const sm_compress *c, int i, sm_compress_matrix *mx, sm_compress_candidate *cd,
+                   double *bpw) {
+    sm_compress_get_matrix(c, i, mx);
+    if (mx->chosen < 0) return false;
+    sm_compress_get_candidate(c, i, mx->chosen, cd);
+    *bpw = 8.0 * (double)cd->bytes / (double)(mx->rows * mx->cols);
+    return true;
+}
+
 static void allocation(FILE *f, const sm_compress *c) {
     int n = sm_compress_count(c), W = 40 + 14 * n, H = 220;
-    double ymax = 1;
-    for (int i = 0; i < n; i++) {
-        sm_compress_matrix mx;
-        sm_compress_get_matrix(c, i, &mx);
-        if (mx.chosen < 0) continue;
-        sm_compress_candidate cd;
-        sm_compress_get_candidate(c, i, mx.chosen, &cd);
-        double b = 8.0 * (double)cd.bytes / (double)(mx.rows * mx.cols);
-        if (b > ymax) ymax = b;
-    }
+    double ymax = 1, b;
+    sm_compress_matrix mx;
+    sm_compress_candidate cd;
+    for (int i = 0; i < n; i++)
+        if (chosen(c, i, &mx, &cd, &b) && b > ymax) ymax = b;
     ymax = ceil(ymax);
     fprintf(f, "<svg id=\"allocation\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\">", W, H, W,
             H);
@@ -140,12 +145,7 @@ static void allocation(FILE *f, const sm_compress *c) {
                 y + 3, k, W, y, y);
     }
     for (int i = 0; i < n; i++) {
-        sm_compress_matrix mx;
-        sm_compress_get_matrix(c, i, &mx);
-        if (mx.chosen < 0) continue;
-        sm_compress_candidate cd;
-        sm_compress_get_candidate(c, i, mx.chosen, &cd);
-        double b = 8.0 * (double)cd.bytes / (double)(mx.rows * mx.cols);
+        if (!chosen(c, i, &mx, &cd, &b)) continue;
         double h = (H - 40) * b / ymax;
         fprintf(f,
                 "<rect class=\"bar\" x=\"%d\" y=\"%.1f\" width=\"11\" height=\"%.1f\" "
