@@ -17,19 +17,9 @@ Prints a Markdown table and writes DIR/table.json.
 """
 import json
 import os
-import subprocess
 import sys
 
-MODEL = "models/shakespeare-llama-3m"
-TEXT = "data/tinyshakespeare.txt"
-
-
-def run(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.stderr.write(" ".join(cmd) + "\n" + r.stderr)
-        raise SystemExit(1)
-    return r.stdout
+from benchdata import MODEL, prepare, run
 
 
 def summary(out):
@@ -50,15 +40,7 @@ def main():
         elif args[0] == "--work":
             work = args[1]
         args = args[2:]
-    os.makedirs(work, exist_ok=True)
-    data = open(TEXT, "rb").read()
-    cut = len(data) - len(data) // 10
-    train, val = os.path.join(work, "train.txt"), os.path.join(work, "val.txt")
-    open(train, "wb").write(data[:cut])
-    open(val, "wb").write(data[cut:])
-    calib = os.path.join(work, "s.calib")
-    if not os.path.exists(calib):
-        run([sm, "calibrate", MODEL, "-f", train, "--tokens", "32768", "-o", calib])
+    train, val, calib = prepare(sm, work)
     weights = None
     nll_cache = {}
 

@@ -22,11 +22,9 @@ is kept in DIR/results.json, so a rerun only does what is missing. Prints a Mark
 import json
 import os
 import shutil
-import subprocess
 import sys
 
-MODEL = "models/shakespeare-llama-3m"
-TEXT = "data/tinyshakespeare.txt"
+from benchdata import MODEL, prepare, run
 EVAL = ["-c", "256", "--chunks", "64", "--score", "all"]
 
 
@@ -52,14 +50,6 @@ def specs():
 
 def needs_calib(spec):
     return spec.startswith("gptq") or "aware" in spec
-
-
-def run(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.stderr.write(" ".join(cmd) + "\n" + r.stderr)
-        raise SystemExit(1)
-    return r.stdout
 
 
 def last_json(out, key=None):
@@ -94,14 +84,7 @@ def main():
     sm = os.path.join(work, "structmat")
     shutil.copy(src, sm)
     model = os.path.abspath(MODEL)
-    data = open(TEXT, "rb").read()
-    cut = len(data) - len(data) // 10
-    train, val = os.path.join(work, "train.txt"), os.path.join(work, "val.txt")
-    open(train, "wb").write(data[:cut])
-    open(val, "wb").write(data[cut:])
-    calib = os.path.join(work, "s.calib")
-    if not os.path.exists(calib):
-        run([sm, "calibrate", model, "-f", train, "--tokens", "32768", "-o", calib])
+    train, val, calib = prepare(sm, work, model)
     resf = os.path.join(work, "results.json")
     res = json.load(open(resf)) if os.path.exists(resf) else {}
 
