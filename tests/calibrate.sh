@@ -6,6 +6,7 @@
 # (That activation-aware fits beat plain SVD on these statistics is checked in test_calibrate.)
 # Usage: bash tests/calibrate.sh path/to/structmat
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 case $bin in /*) ;; *) bin=$PWD/$bin ;; esac
 model=models/shakespeare-llama-3m
@@ -13,11 +14,6 @@ text=data/tinyshakespeare.txt
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
-refuse() { # refuse DESCRIPTION NEEDLE COMMAND...: must fail with NEEDLE on stderr
-    local what=$1 needle=$2; shift 2
-    if "$@" >/dev/null 2>"$tmp/err"; then echo "FAIL: $what succeeded"; fail=1; return; fi
-    grep -qF -- "$needle" "$tmp/err" || { echo "FAIL: $what: no \"$needle\" in:"; cat "$tmp/err"; fail=1; }
-}
 get() { # get KEY FILE: a number (or word) from a one-line JSON object
     grep -o "\"$1\":[^,}]*" "$2" | head -1 | cut -d: -f2 | tr -d '"'
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The command-line program end to end: help, inspect, fit (table, JSON, -o), errors, atomic output.
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 model=models/shakespeare-llama-3m
 tmp=$(mktemp -d)
@@ -9,11 +10,6 @@ fail=0
 check() { # check DESCRIPTION COMMAND...: the command must succeed
     local what=$1; shift
     if ! "$@" >/dev/null 2>"$tmp/err"; then echo "FAIL: $what"; cat "$tmp/err"; fail=1; fi
-}
-refuse() { # refuse DESCRIPTION NEEDLE COMMAND...: must fail with NEEDLE on stderr
-    local what=$1 needle=$2; shift 2
-    if "$@" >/dev/null 2>"$tmp/err"; then echo "FAIL: $what succeeded"; fail=1; return; fi
-    grep -qF -- "$needle" "$tmp/err" || { echo "FAIL: $what: no \"$needle\" in:"; cat "$tmp/err"; fail=1; }
 }
 
 for c in inspect fit bench specs; do

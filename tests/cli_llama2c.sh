@@ -5,6 +5,7 @@
 # CI=true), fit --all, -o, and the refusal of --save-model (interleaved RoPE).
 # Usage: bash tests/cli_llama2c.sh path/to/structmat
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 stories=models/stories260K.bin
 tmp=$(mktemp -d)
@@ -48,12 +49,7 @@ grep -q embed_tokens "$tmp/f.jsonl" && { echo "FAIL: fit --all included the embe
 # embedding (512, 64), rms_att (5, 64), wq (5, 64, 64), wk (5, 32, 64), wv, wo, rms_ffn, w1
 # (5, 172, 64), w2 (5, 64, 172), w3.
 py=/usr/bin/python3
-if ! $py -c "import numpy" 2>/dev/null; then
-    echo "numpy (python3-numpy) is not installed for $py: the norm cross-check is skipped" >&2
-    [ "${CI:-}" = "true" ] && exit 1
-    [ $fail = 0 ] && exit 77
-    exit $fail
-fi
+need_python "$py" "numpy" "numpy (python3-numpy) is not installed for $py: the norm cross-check is skipped"
 want=$($py - $stories <<'EOF'
 import sys
 import numpy as np

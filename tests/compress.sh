@@ -9,17 +9,13 @@
 # measurement (no output, no temporary directory, an existing OUT untouched).
 # Usage: bash tests/compress.sh path/to/structmat
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 case $bin in /*) ;; *) bin=$PWD/$bin ;; esac
 model=models/shakespeare-llama-3m
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
-refuse() { # refuse DESCRIPTION NEEDLE COMMAND...: must fail with NEEDLE on stderr
-    local what=$1 needle=$2; shift 2
-    if "$@" >/dev/null 2>"$tmp/err"; then echo "FAIL: $what succeeded"; fail=1; return; fi
-    grep -qF -- "$needle" "$tmp/err" || { echo "FAIL: $what: no \"$needle\" in:"; cat "$tmp/err"; fail=1; }
-}
 get() { # get KEY FILE: the first number (or word) of KEY in the file's JSON lines
     grep -o "\"$1\":[^,}]*" "$2" | head -1 | cut -d: -f2 | tr -d '"'
 }

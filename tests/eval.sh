@@ -5,16 +5,12 @@
 # (> 0, dNLL equal to the difference of two independent runs), and clear errors.
 # Usage: bash tests/eval.sh path/to/structmat
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 model=models/shakespeare-llama-3m
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
-refuse() { # refuse DESCRIPTION NEEDLE COMMAND...: must fail with NEEDLE on stderr
-    local what=$1 needle=$2; shift 2
-    if "$@" >/dev/null 2>"$tmp/err"; then echo "FAIL: $what succeeded"; fail=1; return; fi
-    grep -qF -- "$needle" "$tmp/err" || { echo "FAIL: $what: no \"$needle\" in:"; cat "$tmp/err"; fail=1; }
-}
 get() { # get KEY FILE: a number (or word) from a one-line JSON object
     grep -o "\"$1\":[^,}]*" "$2" | head -1 | cut -d: -f2 | tr -d '"'
 }

@@ -5,17 +5,13 @@
 # reference.json's prompt, -n, EOS and context stops, seeds, text against ids, clear errors.
 # Usage: bash tests/generate.sh path/to/structmat
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 model=models/shakespeare-llama-3m
 stories=models/stories260K.bin
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
-refuse() { # refuse DESCRIPTION NEEDLE COMMAND...: must fail with NEEDLE on stderr
-    local what=$1 needle=$2; shift 2
-    if "$@" >/dev/null 2>"$tmp/err"; then echo "FAIL: $what succeeded"; fail=1; return; fi
-    grep -qF -- "$needle" "$tmp/err" || { echo "FAIL: $what: no \"$needle\" in:"; cat "$tmp/err"; fail=1; }
-}
 gen() { # gen ARGS...: stdout of generate; a failure is reported
     "$bin" generate "$@" 2>"$tmp/err" || { echo "FAIL: generate $*" >&2; cat "$tmp/err" >&2; fail=1; }
 }
@@ -98,12 +94,7 @@ refuse "--n-probs beyond the vocabulary" "exceeds the vocabulary" "$bin" generat
 
 # Greedy ids of stories260K from BOS through the CLI against the numpy reference.
 py=/usr/bin/python3
-if ! $py -c "import numpy" 2>/dev/null; then
-    echo "numpy (python3-numpy) is not installed for $py: the numpy cross-check is skipped" >&2
-    [ "${CI:-}" = "true" ] && exit 1
-    [ $fail = 0 ] && exit 77
-    exit $fail
-fi
+need_python "$py" "numpy" "numpy (python3-numpy) is not installed for $py: the numpy cross-check is skipped"
 ref=$($py tools/llama2c_ref.py $stories 200 2>"$tmp/err") || { cat "$tmp/err"; exit 1; }
 cli=$(gen $stories --ids 1 -n 200 --temp 0 --print-ids)
 [ "$(echo $cli | wc -w)" = 200 ] && [ "$cli" = "$ref" ] ||

@@ -9,22 +9,14 @@
 #   errors:  a truncated file and a non-GGUF tensor name are refused, naming the file/tensor.
 # Usage: bash tests/gguf_cli.sh path/to/structmat
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 py=python3
-if ! $py -c "import gguf, numpy" 2>/dev/null; then
-    echo "the gguf and numpy Python packages are missing (make test-deps-py)" >&2
-    [ "${CI:-}" = "true" ] && exit 1
-    exit 77
-fi
+need_python "$py" "gguf, numpy" "the gguf and numpy Python packages are missing (make test-deps-py)"
 model=models/shakespeare-llama-3m
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
-refuse() { # refuse DESCRIPTION NEEDLE COMMAND...: must fail with NEEDLE on stderr
-    local what=$1 needle=$2; shift 2
-    if "$@" >/dev/null 2>"$tmp/err"; then echo "FAIL: $what succeeded"; fail=1; return; fi
-    grep -qF -- "$needle" "$tmp/err" || { echo "FAIL: $what: no \"$needle\" in:"; cat "$tmp/err"; fail=1; }
-}
 $py tools/gguf_convert.py "$model" "$tmp/m.gguf" --type Q4_0 --ref-dir "$tmp/ref" || exit 1
 
 # inspect against the package's reader

@@ -21,14 +21,11 @@
 # The tokens of every run must equal the original's (the GGUF's own byte-level vocabulary).
 # Usage: bash tests/gguf_model.sh path/to/structmat [-v]
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 verbose=${2:-}
 py=python3
-if ! $py -c "import gguf, numpy" 2>/dev/null; then
-    echo "the gguf and numpy Python packages are missing (make test-deps-py)" >&2
-    [ "${CI:-}" = "true" ] && exit 1
-    exit 77
-fi
+need_python "$py" "gguf, numpy" "the gguf and numpy Python packages are missing (make test-deps-py)"
 model=models/shakespeare-llama-3m
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

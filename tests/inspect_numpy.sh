@@ -2,13 +2,10 @@
 # Cross-check: `structmat inspect --json` on the embedded model against numpy (Debian's
 # python3-numpy, through /usr/bin/python3). Under CI=true a missing numpy is a failure.
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 py=/usr/bin/python3
-if ! $py -c "import numpy" 2>/dev/null; then
-    echo "numpy (python3-numpy) is not installed for $py" >&2
-    [ "${CI:-}" = "true" ] && exit 1
-    exit 77
-fi
+need_python "$py" "numpy" "numpy (python3-numpy) is not installed for $py"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 model=models/shakespeare-llama-3m

@@ -4,13 +4,10 @@
 # (Debian's python3-numpy through /usr/bin/python3). Under CI=true a missing numpy is a failure.
 # Usage: bash tests/model_numpy.sh path/to/structmat   (test_model_stories sits next to it)
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 py=/usr/bin/python3
-if ! $py -c "import numpy" 2>/dev/null; then
-    echo "numpy (python3-numpy) is not installed for $py" >&2
-    [ "${CI:-}" = "true" ] && exit 1
-    exit 77
-fi
+need_python "$py" "numpy" "numpy (python3-numpy) is not installed for $py"
 helper=$(dirname "$bin")/test_model_stories
 if [ ! -x "$helper" ]; then
     echo "$helper is not built" >&2

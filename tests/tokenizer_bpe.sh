@@ -8,13 +8,10 @@
 # (test_tokenizer_bpe checks the tokenizers themselves against tokenizers on trained vocabularies.)
 # Usage: bash tests/tokenizer_bpe.sh path/to/structmat
 set -u
+. "${BASH_SOURCE%/*}/testlib.bash"
 bin=$1
 py=python3
-if ! $py -c "import tokenizers, numpy" 2>/dev/null; then
-    echo "the tokenizers and numpy Python packages are missing (make test-deps-py)" >&2
-    [ "${CI:-}" = "true" ] && exit 1
-    exit 77
-fi
+need_python "$py" "tokenizers, numpy" "the tokenizers and numpy Python packages are missing (make test-deps-py)"
 model=models/shakespeare-llama-3m
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
